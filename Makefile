@@ -1,0 +1,42 @@
+# fyno-import: every target builds the virtual environment first when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo lint bench soak sample clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with its dev tools
+
+test: $(STAMP) ## run the test suite (not the slow soak)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+demo: $(STAMP) ## import sample_data/ into the built-in emulator, with progress and a summary
+	$(BIN)/fyno-import run sample_data/users.csv --mapping mappings/nightly_export.yaml --emulator --show-profiles 3
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy --strict on importer/
+	$(BIN)/ruff check importer tests bench
+	$(BIN)/ruff format --check importer tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP) ## run the benchmark suite and rewrite docs/benchmarks.md
+	$(BIN)/python -m bench
+
+soak: $(STAMP) ## the long fault soak (many seeds)
+	$(BIN)/python -m pytest -m slow -q
+
+sample: $(STAMP) ## regenerate sample_data/ from its script
+	$(BIN)/python sample_data/generate.py
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,5 @@
+"""``python -m importer`` runs the fyno-import command line."""
+
+from importer.cli import main
+
+main()

@@ -1,0 +1,325 @@
+"""Turning SOURCE arguments into readable sources: paths, directories, globs, URLs.
+
+Each ``Source`` is one file. It knows its format, gives a polars ``LazyFrame`` with a 1-based
+``__row__`` column (the data record number, header not counted) and is read in bounded batches,
+never whole. CSV cells are all read as text, so ``00123`` stays ``00123``; the mapping's ``type``
+converts them later. A source's fingerprint is a hash of its whole content (local files) or of its
+ETag and size (remote objects): the path is not part of it, so a renamed file is still recognised.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import glob as globlib
+import gzip
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from importer.errors import SourceError
+from importer.mapping import SourceOptions
+
+Format = Literal["csv", "parquet"]
+ROW = "__row__"
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "https://", "http://")
+_SUFFIXES: dict[str, Format] = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".csv.gz": "csv",
+    ".tsv.gz": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _suffix_format(name: str) -> Format | None:
+    lower = name.lower()
+    for suffix, fmt in sorted(_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if lower.endswith(suffix):
+            return fmt
+    return None
+
+
+def is_remote(name: str) -> bool:
+    """True for an object-store or web URL."""
+    return name.lower().startswith(REMOTE_SCHEMES)
+
+
+@dataclass
+class Source:
+    """One file (or object) of the import."""
+
+    name: str  # as the user named it (or as a glob/directory expanded it)
+    format: Format
+    options: SourceOptions = field(default_factory=SourceOptions)
+    _fingerprint: str | None = field(default=None, repr=False)
+    _transcoded: Path | None = field(default=None, repr=False)
+
+    @property
+    def remote(self) -> bool:
+        """True for an object-store or web URL."""
+        return is_remote(self.name)
+
+    @property
+    def delimiter(self) -> str:
+        """The CSV delimiter: the mapping's, else tab for .tsv, else comma."""
+        if self.options.delimiter:
+            return self.options.delimiter
+        return "\t" if ".tsv" in self.name.lower() else ","
+
+    # --- identity -------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """A stable hash of the content (local) or of ETag and size (remote)."""
+        if self._fingerprint is None:
+            if self.remote:
+                from importer.remote import remote_fingerprint
+
+                self._fingerprint = remote_fingerprint(self.name, self.options.storage_options)
+            else:
+                digest = hashlib.sha256()
+                try:
+                    with open(self.name, "rb") as handle:
+                        while block := handle.read(1 << 20):
+                            digest.update(block)
+                except OSError as exc:
+                    raise SourceError(f"{self.name}: cannot read: {exc.strerror}") from None
+                self._fingerprint = "sha256:" + digest.hexdigest()
+        return self._fingerprint
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _csv_path(self) -> str:
+        """The path polars reads: the file itself, or its UTF-8 transcoding for latin1."""
+        if self.options.encoding == "utf8" or self.remote:
+            return self.name
+        if self._transcoded is None:
+            self._transcoded = _transcode_latin1(Path(self.name))
+        return str(self._transcoded)
+
+    def columns(self) -> list[str]:
+        """The column names, in file order; duplicated names are an error naming them."""
+        try:
+            if self.format == "parquet":
+                names = self._scan_parquet().collect_schema().names()
+            else:
+                names = self._csv_header()
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise self._read_error(exc) from None
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SourceError(
+                f"{self.name}: column name(s) {', '.join(map(repr, duplicates))} appear more than "
+                "once in the header",
+                hint="rename the duplicated columns so each name is unique",
+            )
+        return names
+
+    def _csv_header(self) -> list[str]:
+        if self.remote:
+            return self._scan_csv().collect_schema().names()
+        path = self._csv_path()
+        opener = gzip.open if path.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8-sig", newline="", errors="replace") as handle:
+            reader = csv.reader(handle, delimiter=self.delimiter)
+            header = next(reader, None)
+        if header is None:
+            raise SourceError(
+                f"{self.name}: the file is empty (no header, no rows)",
+                hint="check the export that produced it, or pass --allow-empty",
+            )
+        return header
+
+    def _scan_csv(self) -> pl.LazyFrame:
+        return pl.scan_csv(
+            self._csv_path(),
+            separator=self.delimiter,
+            infer_schema=False,
+            null_values=list(self.options.null_values),
+            missing_columns="insert",
+            storage_options=self.options.storage_options or None,
+            glob=False,
+        )
+
+    def _scan_parquet(self) -> pl.LazyFrame:
+        return pl.scan_parquet(
+            self.name, storage_options=self.options.storage_options or None, glob=False
+        )
+
+    def scan(self) -> pl.LazyFrame:
+        """A LazyFrame of every column plus the 1-based record number in ``__row__``."""
+        frame = self._scan_parquet() if self.format == "parquet" else self._scan_csv()
+        return frame.with_row_index(ROW, offset=1)
+
+    def batches(self, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+        """Stream the given columns (plus ``__row__``) in bounded batches."""
+        frame = self.scan().select([ROW, *columns])
+        try:
+            yield from frame.collect_batches(chunk_size=batch_rows)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise self._read_error(exc) from None
+
+    def row_count_hint(self) -> int | None:
+        """The row count when it is cheap to know (Parquet metadata), else None."""
+        if self.format != "parquet":
+            return None
+        try:
+            return int(self._scan_parquet().select(pl.len()).collect().item())
+        except Exception:
+            return None
+
+    def close(self) -> None:
+        """Remove any temporary transcoding."""
+        if self._transcoded is not None:
+            with contextlib.suppress(OSError):
+                self._transcoded.unlink()
+            self._transcoded = None
+
+    # --- errors ---------------------------------------------------------------------------
+
+    def _read_error(self, exc: Exception) -> SourceError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pl.exceptions.NoDataError) or "empty CSV" in text:
+            return SourceError(
+                f"{self.name}: the file is empty (no header, no rows)",
+                hint="check the export that produced it, or pass --allow-empty",
+            )
+        if self.format == "csv" and not self.remote:
+            located = _locate_csv_problem(self._csv_path(), self.delimiter)
+            if located is not None:
+                where, problem, hint = located
+                return SourceError(f"{self.name}: {where}: {problem}", hint=hint)
+        if self.format == "parquet":
+            return SourceError(
+                f"{self.name}: not a readable Parquet file ({text})",
+                hint="the file may be truncated or still being written; export it again",
+            )
+        return SourceError(f"{self.name}: cannot read the file: {text}")
+
+
+def _transcode_latin1(path: Path) -> Path:
+    """Write a UTF-8 copy of a Latin-1 file, block by block (never the whole file in memory)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    fd, tmp = tempfile.mkstemp(prefix="fyno-import-", suffix=".csv")
+    try:
+        with opener(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block.decode("latin-1").encode("utf-8"))
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return Path(tmp)
+
+
+def _locate_csv_problem(path: str, delimiter: str) -> tuple[str, str, str | None] | None:
+    """Find the first invalid UTF-8 byte or ragged record of a CSV, for the error message."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    try:
+        with opener(path, "rb") as handle:
+            while block := handle.read(1 << 16):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as exc:
+                    bad = offset + exc.start - len(decoder.getstate()[0])
+                    bad_line = line + block[: max(exc.start, 0)].count(b"\n")
+                    return (
+                        f"line {bad_line}, byte {max(bad, 0)}",
+                        f"not valid UTF-8 (byte 0x{block[exc.start]:02x})",
+                        "if the file is Latin-1, add `source: encoding: latin1` to the mapping",
+                    )
+                offset += len(block)
+                line += block.count(b"\n")
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as text:
+            reader = csv.reader(text, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                return None
+            for number, record in enumerate(reader, start=1):
+                if len(record) > len(header):
+                    return (
+                        f"row {number}",
+                        f"{len(record)} fields where the header has {len(header)}",
+                        "fix the row (a delimiter inside an unquoted value?) and export again",
+                    )
+    except (OSError, csv.Error, EOFError):
+        return None
+    return None
+
+
+def resolve_sources(
+    args: list[str], *, format: Format | None = None, options: SourceOptions | None = None
+) -> tuple[list[Source], list[str]]:
+    """Expand SOURCE arguments into files, in order; returns (sources, notices of skipped files)."""
+    options = options or SourceOptions()
+    sources: list[Source] = []
+    notices: list[str] = []
+
+    def add(name: str, explicit: bool) -> None:
+        fmt = format or _suffix_format(name)
+        if fmt is None:
+            if explicit:
+                raise SourceError(
+                    f"{name}: unknown format (expected .csv, .tsv, .csv.gz, .parquet or .pq)",
+                    hint="pass --format csv or --format parquet",
+                )
+            notices.append(f"ignored {name}: not a CSV or Parquet file")
+            return
+        sources.append(Source(name=name, format=fmt, options=options))
+
+    for arg in args:
+        if is_remote(arg):
+            if _GLOB_CHARS.search(arg):
+                from importer.remote import expand_remote_glob
+
+                for name in expand_remote_glob(arg, options.storage_options):
+                    add(name, explicit=False)
+            else:
+                add(arg, explicit=True)
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            for entry in sorted(path.iterdir(), key=lambda p: p.name):
+                if entry.name.startswith((".", "_")) or not entry.is_file():
+                    notices.append(f"ignored {entry}: hidden, marker or not a regular file")
+                    continue
+                add(str(entry), explicit=False)
+        elif _GLOB_CHARS.search(arg) and not path.exists():
+            for name in sorted(globlib.glob(arg), key=lambda p: Path(p).name):
+                if Path(name).name.startswith((".", "_")) or not Path(name).is_file():
+                    notices.append(f"ignored {name}: hidden, marker or not a regular file")
+                    continue
+                add(name, explicit=False)
+        elif path.exists():
+            if _is_fifo(path):
+                raise SourceError(
+                    f"{arg}: is a pipe (FIFO); a source is read twice (validated, then sent)",
+                    hint="write the data to a file first and import the file",
+                )
+            if not path.is_file():
+                raise SourceError(f"{arg}: not a regular file")
+            add(arg, explicit=True)
+        else:
+            raise SourceError(f"{arg}: no such file or directory")
+    return sources, notices
+
+
+def _is_fifo(path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return path.is_fifo()
+    return False

@@ -1,0 +1,503 @@
+"""Mapping + a batch of source rows → Fyno batch items (already JSON) and rejects with reasons.
+
+Everything here is a polars expression: no Python loop touches a row. For each mapped column
+``_convert`` gives two expressions over the same input, the converted value and the reason it
+is invalid (null when valid). The same function serves a plain cell and, inside ``list.eval``,
+each piece of a ``split`` cell, so the value rules are written once.
+
+Item JSON is assembled by string concatenation of per-property fragments (``"name":value``), so
+a skipped property is left out instead of being sent as ``null`` (which ``json_encode`` would do).
+Values are JSON-encoded by polars (``_json_value``), so escaping is polars' own.
+
+A row becomes several items when it has ``append``/``remove`` columns with ``split``: item k
+carries the k-th piece of each such column, and the first item also carries every other operator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import polars as pl
+
+from importer.errors import MappingError
+from importer.mapping import OPERATOR_KEYS, OPERATORS, Mapping, Operator, PropertySpec, ValueType
+from importer.sources import ROW
+
+MAX_STRING = 255  # Fyno's limit, in characters (code points)
+BODY_OVERHEAD = len('{"batch":[]}')
+_NUMBER = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
+_TRUE = ["true", "t", "yes", "y", "1"]
+_FALSE = ["false", "f", "no", "n", "0"]
+_MAX_I64 = 2.0**63
+_SHOWN = 60  # characters of a bad value quoted in a reason
+
+ITEM_SCHEMA = {
+    ROW: pl.Int64,
+    "distinct_id": pl.String,
+    "item": pl.String,
+    "nbytes": pl.Int64,
+    "has_add": pl.Boolean,
+}
+REJECT_SCHEMA = {ROW: pl.Int64, "column": pl.String, "reason": pl.String, "values": pl.String}
+
+
+@dataclass(frozen=True, slots=True)
+class TransformResult:
+    """One batch's valid items (in row, then piece order) and its rejected rows."""
+
+    items: pl.DataFrame  # ITEM_SCHEMA
+    rejects: pl.DataFrame  # REJECT_SCHEMA
+    rows_valid: int
+
+
+def default_type(spec: PropertySpec, dtype: pl.DataType | None) -> ValueType:
+    """The effective value type of a mapped column: its ``type``, else guessed from the column."""
+    if spec.type is not None:
+        return spec.type
+    if spec.op == "add":
+        return "integer" if dtype is not None and dtype.is_integer() else "number"
+    if spec.op == "unset" and spec.split is None:
+        return "boolean"
+    if dtype is None or dtype == pl.String or spec.split is not None:
+        return "list" if spec.split is not None and spec.op in ("set", "once") else "string"
+    if dtype == pl.Boolean:
+        return "boolean"
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_float() or dtype.is_decimal():
+        return "number"
+    if dtype == pl.Date:
+        return "date"
+    if isinstance(dtype, pl.Datetime):
+        return "datetime"
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return "list"
+    return "string"
+
+
+def _shown(value: pl.Expr) -> pl.Expr:
+    """A bad value as quoted in a reason, cut to a readable length."""
+    text = value.cast(pl.String)
+    cut = text.str.slice(0, _SHOWN)
+    return pl.when(text.str.len_chars() > _SHOWN).then(cut + "…").otherwise(cut)
+
+
+def _reason(column: str, value: pl.Expr, problem: str) -> pl.Expr:
+    return pl.concat_str([pl.lit(f"column {column}: '"), _shown(value), pl.lit(f"' {problem}")])
+
+
+def _json_value(value: pl.Expr) -> pl.Expr:
+    """JSON text of a value (string, list, …), encoded by polars: ``{"v":X}`` minus the wrapper."""
+    wrapped = pl.struct(value.alias("v")).struct.json_encode()
+    return wrapped.str.slice(5).str.head(-1)
+
+
+def _quoted(text: pl.Expr) -> pl.Expr:
+    """JSON string of text known to need no escaping (dates, datetimes)."""
+    return pl.lit('"') + text + pl.lit('"')
+
+
+def _to_utc_naive(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        return value.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return value
+
+
+def _datetime_text(value: pl.Expr) -> pl.Expr:
+    """UTC ``2024-03-01T10:00:00Z``, with ``.123`` milliseconds only when not zero."""
+    base = value.dt.to_string("%Y-%m-%dT%H:%M:%S")
+    millis = value.dt.millisecond().cast(pl.String).str.zfill(3)
+    return pl.when(value.dt.millisecond() != 0).then(base + "." + millis + "Z").otherwise(base + "Z")
+
+
+def _parse_datetime(text: pl.Expr, fmt: str | None) -> pl.Expr:
+    """Parse ISO 8601 (or ``fmt``) to a naive UTC datetime; offsets are converted, naive is UTC."""
+
+    def aware(pattern: str, source: pl.Expr) -> pl.Expr:
+        parsed = source.str.to_datetime(pattern, strict=False, time_unit="us", time_zone="UTC")
+        return parsed.dt.replace_time_zone(None)
+
+    def naive(pattern: str, source: pl.Expr) -> pl.Expr:
+        return source.str.to_datetime(pattern, strict=False, time_unit="us")
+
+    if fmt is not None:
+        return aware(fmt, text) if "%z" in fmt or "%:z" in fmt else naive(fmt, text)
+    iso = text.str.replace(r"[zZ]$", "+00:00").str.replace(r"^(\d{4}-\d\d-\d\d)[ t]", "${1}T")
+    return pl.coalesce(
+        aware("%Y-%m-%dT%H:%M:%S%.f%:z", iso),
+        aware("%Y-%m-%dT%H:%M:%S%.f%z", iso),
+        aware("%Y-%m-%dT%H:%M%:z", iso),
+        naive("%Y-%m-%dT%H:%M:%S%.f", iso),
+        naive("%Y-%m-%dT%H:%M", iso),
+        iso.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Converted:
+    json: pl.Expr  # JSON text of the value; null when the input is null or invalid
+    error: pl.Expr  # reason the value is invalid; null when valid or null
+
+
+def _convert(
+    value: pl.Expr, dtype: pl.DataType, vtype: ValueType, spec: PropertySpec
+) -> _Converted:
+    """Check and JSON-encode one cell (or split piece) by the mapping's value type."""
+    column = spec.column
+    if vtype == "string":
+        text = value if dtype == pl.String else value.cast(pl.String)
+        if isinstance(dtype, pl.Datetime):
+            text = _datetime_text(_to_utc_naive(value, dtype))
+        too_long = text.str.len_chars() > MAX_STRING
+        if spec.on_too_long == "truncate":
+            return _Converted(_json_value(text.str.slice(0, MAX_STRING)), pl.lit(None, pl.String))
+        problem = pl.concat_str(
+            [
+                pl.lit(f"column {column}: "),
+                text.str.len_chars().cast(pl.String),
+                pl.lit(f" characters, over Fyno's {MAX_STRING} (or set on_too_long: truncate)"),
+            ]
+        )
+        return _Converted(
+            pl.when(~too_long).then(_json_value(text)), pl.when(too_long).then(problem)
+        )
+
+    if vtype in ("integer", "number"):
+        if dtype.is_numeric():
+            number = value.cast(pl.Float64) if dtype.is_decimal() else value
+            finite = number.is_finite() if dtype.is_float() or dtype.is_decimal() else pl.lit(True)
+            if vtype == "integer" and not dtype.is_integer():
+                integral = finite & (number.floor() == number) & (number.abs() < _MAX_I64)
+                ok = integral
+                out = number.cast(pl.Int64, strict=False).cast(pl.String)
+                problem = "is not an integer"
+            else:
+                ok, out = finite, number.cast(pl.String)
+                problem = "is not a finite number"
+            return _Converted(pl.when(ok).then(out), pl.when(~ok).then(_reason(column, value, problem)))
+        text = (value if dtype == pl.String else value.cast(pl.String)).str.strip_chars()
+        shaped = text.str.contains(_NUMBER)
+        as_float = text.cast(pl.Float64, strict=False)
+        if vtype == "integer":
+            direct = text.str.to_integer(strict=False)
+            via_float = pl.when(
+                (as_float.floor() == as_float) & (as_float.abs() < _MAX_I64)
+            ).then(as_float.cast(pl.Int64, strict=False))
+            parsed = pl.when(shaped).then(pl.coalesce(direct, via_float))
+            problem = "is not an integer"
+        else:
+            parsed = pl.when(shaped & as_float.is_finite()).then(as_float)
+            problem = "is not a number"
+        hint = " (no thousands separators)" if "," not in (spec.split or "") else ""
+        bad = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
+        reason = pl.when(bad).then(_reason(column, value, problem + hint)).otherwise(
+            _reason(column, value, problem)
+        )
+        return _Converted(
+            parsed.cast(pl.String), pl.when(value.is_not_null() & parsed.is_null()).then(reason)
+        )
+
+    if vtype == "boolean":
+        if dtype == pl.Boolean:
+            return _Converted(value.cast(pl.String).str.to_lowercase(), pl.lit(None, pl.String))
+        text = value.cast(pl.String).str.strip_chars().str.to_lowercase()
+        parsed = pl.when(text.is_in(_TRUE)).then(pl.lit("true")).when(text.is_in(_FALSE)).then(
+            pl.lit("false")
+        )
+        reason = _reason(column, value, "is not a boolean (true/false, yes/no, y/n, t/f, 1/0)")
+        return _Converted(parsed, pl.when(value.is_not_null() & parsed.is_null()).then(reason))
+
+    if vtype in ("date", "datetime"):
+        if dtype == pl.Date:
+            stamp = value.cast(pl.Datetime("us"))
+        elif isinstance(dtype, pl.Datetime):
+            stamp = _to_utc_naive(value, dtype)
+        else:
+            text = value.cast(pl.String).str.strip_chars()
+            if vtype == "date" and spec.format is not None:
+                stamp = text.str.to_date(spec.format, strict=False).cast(pl.Datetime("us"))
+            else:
+                stamp = _parse_datetime(text, spec.format)
+        layout = f" in format {spec.format}" if spec.format else " (ISO 8601, or set format:)"
+        problem = f"is not a {vtype}{layout}"
+        out = _quoted(stamp.dt.to_string("%Y-%m-%d")) if vtype == "date" else _quoted(
+            _datetime_text(stamp)
+        )
+        return _Converted(
+            out, pl.when(value.is_not_null() & stamp.is_null()).then(_reason(column, value, problem))
+        )
+
+    # list: a Parquet list column (a split cell is handled by the caller)
+    elements = value.list.eval(pl.element().cast(pl.String).str.len_chars()).list.max()
+    too_long = elements.fill_null(0) > MAX_STRING
+    return _Converted(
+        pl.when(~too_long).then(_json_value(value)),
+        pl.when(too_long).then(
+            pl.lit(f"column {column}: a list element is over Fyno's {MAX_STRING} characters")
+        ),
+    )
+
+
+def _pieces(value: pl.Expr, split: str) -> pl.Expr:
+    """A split cell's pieces: trimmed of whitespace, empty ones dropped, in order."""
+    return value.cast(pl.String).str.split(split).list.eval(
+        pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != "")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """One mapped column's contribution to a row: fragments for its operator, and errors."""
+
+    spec: PropertySpec
+    op: Operator
+    error: pl.Expr  # reason the row is invalid because of this column, or null
+    fragment: pl.Expr | None  # `"name":value` for the first item (scalar columns), or null
+    pieces: pl.Expr | None  # list of `"name":value` fragments, one per item (spreading columns)
+    unset_names: pl.Expr | None  # JSON names (`"a","b"`) this column clears, or null
+
+
+class Transformer:
+    """Validates batches of one source's rows and builds their items, all in polars expressions."""
+
+    def __init__(
+        self, mapping: Mapping, schema: pl.Schema | dict[str, pl.DataType], *, max_batch_bytes: int
+    ) -> None:
+        self.mapping = mapping
+        self.schema = dict(schema)
+        self.max_item_bytes = max_batch_bytes - BODY_OVERHEAD
+        missing = [c for c in mapping.columns if c not in self.schema]
+        if missing:
+            raise MappingError(
+                f"the mapping reads column(s) {', '.join(map(repr, missing))} that the source "
+                f"does not have; its columns are: {', '.join(self.schema)}"
+            )
+        self.types = {
+            i: default_type(spec, self.schema[spec.column])
+            for i, spec in enumerate(mapping.properties)
+        }
+        for i, spec in enumerate(mapping.properties):
+            dtype = self.schema[spec.column]
+            if self.types[i] == "list" and spec.split is None and not isinstance(
+                dtype, (pl.List, pl.Array)
+            ):
+                raise MappingError(
+                    f"properties[{i}] (column {spec.column}): type list needs split: for a "
+                    f"{dtype} column (a list column in Parquet needs none)"
+                )
+        self._columns = [self._column(spec, i) for i, spec in enumerate(mapping.properties)]
+        self.spreading = any(c.pieces is not None for c in self._columns)
+
+    # --- per-column expressions -----------------------------------------------------------
+
+    def _column(self, spec: PropertySpec, index: int) -> _Column:
+        dtype = self.schema[spec.column]
+        vtype = self.types[index]
+        raw = pl.col(spec.column)
+        name_json = _json_str(spec.target)
+        is_null = raw.is_null()
+        if dtype == pl.String and vtype != "string":
+            is_null = is_null | (raw.str.strip_chars() == "")
+        errors: list[pl.Expr] = []
+        unset: list[pl.Expr] = []
+        if spec.on_null == "reject":
+            errors.append(
+                pl.when(is_null).then(pl.lit(f"column {spec.column}: empty (on_null: reject)"))
+            )
+        elif spec.on_null == "unset" and spec.op != "unset":
+            unset.append(pl.when(is_null).then(pl.lit(name_json)))
+
+        fragment = pieces = None
+        if spec.op == "unset":
+            if spec.split is not None:
+                names = _pieces(raw, spec.split)
+                too_long = names.list.eval(pl.element().str.len_chars()).list.max() > MAX_STRING
+                errors.append(
+                    pl.when(too_long.fill_null(False)).then(
+                        pl.lit(f"column {spec.column}: a property name is over 255 characters")
+                    )
+                )
+                encoded = _json_value(names).str.slice(1).str.head(-1)
+                unset.append(pl.when(names.list.len() > 0).then(encoded))
+            else:
+                flag = _convert(raw, dtype, "boolean", spec)
+                errors.append(flag.error)
+                unset.append(pl.when(flag.json == "true").then(pl.lit(name_json)))
+        elif spec.split is not None and spec.op in ("append", "remove"):
+            ptype: ValueType = "string" if vtype == "list" else vtype
+            piece = _convert(pl.element(), pl.String, ptype, spec)
+            split = _pieces(raw, spec.split)
+            errors.append(split.list.eval(piece.error).list.drop_nulls().list.first())
+            pieces = split.list.eval(pl.lit(name_json + ":") + piece.json)
+        elif spec.split is not None:  # a list for set/once, from a split cell
+            piece = _convert(pl.element(), pl.String, "string", spec)
+            split = _pieces(raw, spec.split)
+            errors.append(split.list.eval(piece.error).list.drop_nulls().list.first())
+            values = split.list.eval(pl.element().str.slice(0, MAX_STRING))
+            fragment = pl.when(~is_null).then(pl.lit(name_json + ":") + _json_value(values))
+        else:
+            converted = _convert(raw, dtype, vtype, spec)
+            errors.append(pl.when(~is_null).then(converted.error))
+            fragment = pl.when(~is_null).then(pl.lit(name_json + ":") + converted.json)
+
+        error = pl.concat_str(errors, separator="; ", ignore_nulls=True) if errors else None
+        return _Column(
+            spec=spec,
+            op=spec.op,
+            error=_empty_to_null(error) if error is not None else pl.lit(None, pl.String),
+            fragment=fragment,
+            pieces=pieces,
+            unset_names=(
+                _empty_to_null(pl.concat_str(unset, separator=",", ignore_nulls=True))
+                if unset
+                else None
+            ),
+        )
+
+    def _distinct_id(self) -> tuple[pl.Expr, pl.Expr]:
+        """The id as a trimmed string, and the reason it is unusable (or null)."""
+        name = self.mapping.distinct_id
+        dtype = self.schema[name]
+        raw = pl.col(name)
+        if dtype.is_float() or dtype.is_decimal():
+            number = raw.cast(pl.Float64)
+            integral = number.is_finite() & (number.floor() == number) & (number.abs() < _MAX_I64)
+            text = pl.when(integral).then(number.cast(pl.Int64, strict=False).cast(pl.String))
+            error = pl.when(raw.is_not_null() & ~integral).then(
+                _reason(name, raw, "is not a usable distinct_id (not a whole number)")
+            )
+        else:
+            text = raw.cast(pl.String).str.strip_chars()
+            error = pl.lit(None, pl.String)
+        empty = text.is_null() | (text == "")
+        error = pl.when(raw.is_null() | (raw.cast(pl.String).str.strip_chars() == "")).then(
+            pl.lit(f"column {name}: distinct_id is empty")
+        ).otherwise(error)
+        return pl.when(~empty).then(text), error
+
+    def distinct_ids(self, batch: pl.DataFrame) -> pl.Series:
+        """Each row's distinct_id exactly as it would be sent (null where it is unusable)."""
+        distinct_id, error = self._distinct_id()
+        return batch.select(pl.when(error.is_null()).then(distinct_id).alias("distinct_id")).to_series()
+
+    # --- a batch --------------------------------------------------------------------------
+
+    def apply(self, batch: pl.DataFrame) -> TransformResult:
+        """Validate one batch of rows (with ``__row__``) and build the items of its valid rows."""
+        distinct_id, id_error = self._distinct_id()
+        errors = [id_error, *(c.error for c in self._columns)]
+        columns = [self.mapping.distinct_id, *(c.spec.column for c in self._columns)]
+        first_failing = pl.coalesce(
+            [pl.when(e.is_not_null()).then(pl.lit(col)) for e, col in zip(errors, columns, strict=True)]
+        )
+        checked = batch.with_columns(
+            __reason__=_empty_to_null(pl.concat_str(errors, separator="; ", ignore_nulls=True)),
+            __column__=first_failing,
+        )
+        bad = checked.filter(pl.col("__reason__").is_not_null())
+        good = checked.filter(pl.col("__reason__").is_null())
+        items = self._items(good, distinct_id)
+        rejects = bad.select(
+            pl.col(ROW).cast(pl.Int64),
+            pl.col("__column__").alias("column"),
+            pl.col("__reason__").alias("reason"),
+            _original_values(batch).alias("values"),
+        )
+        oversize = items.filter(pl.col("nbytes") > self.max_item_bytes)
+        if oversize.height:
+            too_big = oversize.group_by(ROW).agg(pl.col("nbytes").max())
+            items = items.filter(~pl.col(ROW).is_in(too_big[ROW].implode()))
+            more = batch.with_columns(pl.col(ROW).cast(pl.Int64)).join(too_big, on=ROW).select(
+                pl.col(ROW),
+                pl.lit(self.mapping.distinct_id).alias("column"),
+                pl.format(
+                    "the row's update is {} bytes of JSON, over what --max-batch-bytes {} allows",
+                    pl.col("nbytes") + BODY_OVERHEAD,
+                    pl.lit(self.max_item_bytes + BODY_OVERHEAD),
+                ).alias("reason"),
+                _original_values(batch).alias("values"),
+            )
+            rejects = pl.concat([rejects, more]).sort(ROW)
+        return TransformResult(
+            items=items,
+            rejects=rejects,
+            rows_valid=good.height - (oversize[ROW].n_unique() if oversize.height else 0),
+        )
+
+    def _items(self, good: pl.DataFrame, distinct_id: pl.Expr) -> pl.DataFrame:
+        frame = good.select(
+            pl.col(ROW).cast(pl.Int64),
+            distinct_id.alias("distinct_id"),
+            *(c.fragment.alias(f"__f{i}") for i, c in enumerate(self._columns) if c.fragment is not None),
+            *(c.pieces.alias(f"__p{i}") for i, c in enumerate(self._columns) if c.pieces is not None),
+            *(
+                c.unset_names.alias(f"__u{i}")
+                for i, c in enumerate(self._columns)
+                if c.unset_names is not None
+            ),
+        )
+        piece_cols = [f"__p{i}" for i, c in enumerate(self._columns) if c.pieces is not None]
+        if piece_cols:
+            count = pl.max_horizontal([pl.col(p).list.len() for p in piece_cols])
+            frame = frame.with_columns(__k=pl.int_ranges(0, pl.max_horizontal(count, pl.lit(1))))
+            frame = frame.explode("__k")
+            first = pl.col("__k") == 0
+        else:
+            first = pl.lit(True)
+
+        by_op: dict[Operator, list[pl.Expr]] = {op: [] for op in OPERATORS}
+        for i, c in enumerate(self._columns):
+            if c.fragment is not None:
+                by_op[c.op].append(pl.when(first).then(pl.col(f"__f{i}")))
+            if c.pieces is not None:
+                by_op[c.op].append(pl.col(f"__p{i}").list.get(pl.col("__k"), null_on_oob=True))
+            if c.unset_names is not None:
+                by_op["unset"].append(pl.when(first).then(pl.col(f"__u{i}")))
+        parts = []
+        for op in OPERATORS:
+            if not by_op[op]:
+                continue
+            body = _empty_to_null(pl.concat_str(by_op[op], separator=",", ignore_nulls=True))
+            opener, closer = ("[", "]") if op == "unset" else ("{", "}")
+            parts.append((op, pl.lit(f'"{OPERATOR_KEYS[op]}":{opener}') + body + pl.lit(closer)))
+        action = pl.concat_str([p for _, p in parts], separator=",", ignore_nulls=True)
+        add_part = next((p for op, p in parts if op == "add"), None)
+        items = frame.select(
+            pl.col(ROW),
+            pl.col("distinct_id"),
+            (
+                pl.lit('{"distinct_id":')
+                + _json_value(pl.col("distinct_id"))
+                + pl.lit(',"action":{')
+                + action
+                + pl.lit("}}")
+            ).alias("item"),
+            (action != "").alias("__nonempty"),
+            (add_part.is_not_null() if add_part is not None else pl.lit(False)).alias("has_add"),
+        ).filter(pl.col("__nonempty"))
+        return items.select(
+            ROW,
+            "distinct_id",
+            "item",
+            pl.col("item").str.len_bytes().cast(pl.Int64).alias("nbytes"),
+            "has_add",
+        )
+
+
+def _json_str(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _empty_to_null(text: pl.Expr) -> pl.Expr:
+    return pl.when(text != "").then(text)
+
+
+def _original_values(batch: pl.DataFrame) -> pl.Expr:
+    """The row's original cells as a JSON object (for the rejects file)."""
+    cells = [
+        pl.col(c).cast(pl.String) if batch.schema[c].is_decimal() else pl.col(c)
+        for c in batch.columns
+        if c != ROW and not c.startswith("__")
+    ]
+    return pl.struct(cells).struct.json_encode()
