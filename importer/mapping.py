@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -106,9 +107,9 @@ class SourceOptions(_Frozen):
         str | None,
         Field(min_length=1, max_length=1, description="CSV delimiter; default , (tab for .tsv)"),
     ] = None
-    null_values: Annotated[
-        list[str], Field(description='cells read as null; default [""]')
-    ] = Field(default_factory=lambda: [""])
+    null_values: Annotated[list[str], Field(description='cells read as null; default [""]')] = (
+        Field(default_factory=lambda: [""])
+    )
     encoding: Annotated[
         Literal["utf8", "latin1"], Field(description="utf8 | latin1 (transcoded as a stream)")
     ] = "utf8"
@@ -121,9 +122,9 @@ class Settings(_Frozen):
     """Defaults for the run options marked * in the contract; the command line wins."""
 
     batch_size: Annotated[int, Field(ge=1, description="most items in one request")] = 500
-    max_batch_bytes: Annotated[
-        int, Field(ge=64, description="most bytes in one request body")
-    ] = 1_000_000
+    max_batch_bytes: Annotated[int, Field(ge=64, description="most bytes in one request body")] = (
+        1_000_000
+    )
     concurrency: Annotated[int, Field(ge=1, le=1024, description="most requests in flight")] = 8
     rate_limit: Annotated[
         float, Field(ge=0, description="most requests started per second (0 = none)")
@@ -184,7 +185,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
     loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} appears twice", key_node.start_mark
@@ -195,7 +196,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,  # type: ignore[arg-type]
+    _construct_unique_mapping,
 )
 
 
@@ -217,6 +218,51 @@ def _yaml_lines(text: str) -> dict[tuple[str | int, ...], int]:
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         walk(root, ())
+    return lines
+
+
+def _json_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Key lines of a JSON document, read as the YAML it also is (tabs are only spacing there)."""
+    try:
+        return _yaml_lines(text.replace("\t", " "))
+    except yaml.YAMLError:
+        return {}
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that refuses a key written twice (as the YAML loader does)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+_TOML_TABLE = re.compile(r"^\s*(\[\[?)\s*([\w.\-\"]+?)\s*\]\]?\s*(?:#.*)?$")
+_TOML_KEY = re.compile(r"^\s*\"?([\w\-]+)\"?\s*=")
+
+
+def _toml_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Key lines of a plain TOML mapping: tables, arrays of tables and ``key =`` lines."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    prefix: tuple[str | int, ...] = ()
+    counts: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        table = _TOML_TABLE.match(raw)
+        if table:
+            name = table.group(2).replace('"', "")
+            if table.group(1) == "[[":
+                counts[name] = counts.get(name, -1) + 1
+                lines.setdefault((name,), number)
+                prefix = (name, counts[name])
+            else:
+                prefix = tuple(name.split("."))
+            lines.setdefault(prefix, number)
+            continue
+        key = _TOML_KEY.match(raw)
+        if key:
+            lines.setdefault((*prefix, key.group(1)), number)
     return lines
 
 
@@ -243,10 +289,10 @@ def _parse_text(path: Path, text: str) -> tuple[Any, dict[tuple[str | int, ...],
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            return tomllib.loads(text), {}
+            return tomllib.loads(text), _toml_lines(text)
         if suffix == ".json":
-            return json.loads(text), {}
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+            return json.loads(text, object_pairs_hook=_unique_json_object), _json_lines(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
         return data, _yaml_lines(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -260,6 +306,8 @@ def _parse_text(path: Path, text: str) -> tuple[Any, dict[tuple[str | int, ...],
         raise MappingError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
         raise MappingError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError as exc:  # a key written twice in a JSON object
+        raise MappingError(f"{path}: invalid JSON: {exc}") from None
 
 
 def load_mapping(path: Path | str) -> Mapping:
@@ -296,4 +344,7 @@ def mapping_json_schema() -> dict[str, Any]:
     schema = Mapping.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "fyno-import mapping"
+    # load_mapping also takes the operators written as Fyno spells them: $set, $once, …
+    op = schema["$defs"]["PropertySpec"]["properties"]["op"]
+    op["enum"] = [*OPERATORS, *OPERATOR_KEYS.values()]
     return schema

@@ -233,14 +233,18 @@ def _locate_csv_problem(path: str, delimiter: str) -> tuple[str, str, str | None
     try:
         with opener(path, "rb") as handle:
             while block := handle.read(1 << 16):
+                # exc.start counts from the bytes the decoder held back from the previous
+                # block (a partial character), so index that same buffer, not the block alone
+                held = decoder.getstate()[0]
                 try:
                     decoder.decode(block)
                 except UnicodeDecodeError as exc:
-                    bad = offset + exc.start - len(decoder.getstate()[0])
-                    bad_line = line + block[: max(exc.start, 0)].count(b"\n")
+                    data = held + block
+                    bad = offset - len(held) + exc.start
+                    bad_line = line + data[: exc.start].count(b"\n")
                     return (
-                        f"line {bad_line}, byte {max(bad, 0)}",
-                        f"not valid UTF-8 (byte 0x{block[exc.start]:02x})",
+                        f"line {bad_line}, byte {bad}",
+                        f"not valid UTF-8 (byte 0x{data[exc.start]:02x})",
                         "if the file is Latin-1, add `source: encoding: latin1` to the mapping",
                     )
                 offset += len(block)
@@ -300,7 +304,8 @@ def resolve_sources(
                     continue
                 add(str(entry), explicit=False)
         elif _GLOB_CHARS.search(arg) and not path.exists():
-            for name in sorted(globlib.glob(arg), key=lambda p: Path(p).name):
+            # the whole path: a glob over dated folders (2024-01-*/users.csv) is in date order
+            for name in sorted(globlib.glob(arg)):
                 if Path(name).name.startswith((".", "_")) or not Path(name).is_file():
                     notices.append(f"ignored {name}: hidden, marker or not a regular file")
                     continue

@@ -108,7 +108,9 @@ def _datetime_text(value: pl.Expr) -> pl.Expr:
     """UTC ``2024-03-01T10:00:00Z``, with ``.123`` milliseconds only when not zero."""
     base = value.dt.to_string("%Y-%m-%dT%H:%M:%S")
     millis = value.dt.millisecond().cast(pl.String).str.zfill(3)
-    return pl.when(value.dt.millisecond() != 0).then(base + "." + millis + "Z").otherwise(base + "Z")
+    return (
+        pl.when(value.dt.millisecond() != 0).then(base + "." + millis + "Z").otherwise(base + "Z")
+    )
 
 
 def _parse_datetime(text: pl.Expr, fmt: str | None) -> pl.Expr:
@@ -144,105 +146,134 @@ def _convert(
     value: pl.Expr, dtype: pl.DataType, vtype: ValueType, spec: PropertySpec
 ) -> _Converted:
     """Check and JSON-encode one cell (or split piece) by the mapping's value type."""
-    column = spec.column
     if vtype == "string":
-        text = value if dtype == pl.String else value.cast(pl.String)
-        if isinstance(dtype, pl.Datetime):
-            text = _datetime_text(_to_utc_naive(value, dtype))
-        too_long = text.str.len_chars() > MAX_STRING
-        if spec.on_too_long == "truncate":
-            return _Converted(_json_value(text.str.slice(0, MAX_STRING)), pl.lit(None, pl.String))
-        problem = pl.concat_str(
-            [
-                pl.lit(f"column {column}: "),
-                text.str.len_chars().cast(pl.String),
-                pl.lit(f" characters, over Fyno's {MAX_STRING} (or set on_too_long: truncate)"),
-            ]
-        )
-        return _Converted(
-            pl.when(~too_long).then(_json_value(text)), pl.when(too_long).then(problem)
-        )
-
+        return _convert_string(value, dtype, spec)
     if vtype in ("integer", "number"):
         if dtype.is_numeric():
-            number = value.cast(pl.Float64) if dtype.is_decimal() else value
-            finite = number.is_finite() if dtype.is_float() or dtype.is_decimal() else pl.lit(True)
-            if vtype == "integer" and not dtype.is_integer():
-                integral = finite & (number.floor() == number) & (number.abs() < _MAX_I64)
-                ok = integral
-                out = number.cast(pl.Int64, strict=False).cast(pl.String)
-                problem = "is not an integer"
-            else:
-                ok, out = finite, number.cast(pl.String)
-                problem = "is not a finite number"
-            return _Converted(pl.when(ok).then(out), pl.when(~ok).then(_reason(column, value, problem)))
-        text = (value if dtype == pl.String else value.cast(pl.String)).str.strip_chars()
-        shaped = text.str.contains(_NUMBER)
-        as_float = text.cast(pl.Float64, strict=False)
-        if vtype == "integer":
-            direct = text.str.to_integer(strict=False)
-            via_float = pl.when(
-                (as_float.floor() == as_float) & (as_float.abs() < _MAX_I64)
-            ).then(as_float.cast(pl.Int64, strict=False))
-            parsed = pl.when(shaped).then(pl.coalesce(direct, via_float))
-            problem = "is not an integer"
-        else:
-            parsed = pl.when(shaped & as_float.is_finite()).then(as_float)
-            problem = "is not a number"
-        hint = " (no thousands separators)" if "," not in (spec.split or "") else ""
-        bad = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
-        reason = pl.when(bad).then(_reason(column, value, problem + hint)).otherwise(
-            _reason(column, value, problem)
-        )
-        return _Converted(
-            parsed.cast(pl.String), pl.when(value.is_not_null() & parsed.is_null()).then(reason)
-        )
-
+            return _convert_numeric_column(value, dtype, integer=vtype == "integer", spec=spec)
+        return _convert_number_text(value, dtype, integer=vtype == "integer", spec=spec)
     if vtype == "boolean":
-        if dtype == pl.Boolean:
-            return _Converted(value.cast(pl.String).str.to_lowercase(), pl.lit(None, pl.String))
-        text = value.cast(pl.String).str.strip_chars().str.to_lowercase()
-        parsed = pl.when(text.is_in(_TRUE)).then(pl.lit("true")).when(text.is_in(_FALSE)).then(
-            pl.lit("false")
-        )
-        reason = _reason(column, value, "is not a boolean (true/false, yes/no, y/n, t/f, 1/0)")
-        return _Converted(parsed, pl.when(value.is_not_null() & parsed.is_null()).then(reason))
-
+        return _convert_boolean(value, dtype, spec)
     if vtype in ("date", "datetime"):
-        if dtype == pl.Date:
-            stamp = value.cast(pl.Datetime("us"))
-        elif isinstance(dtype, pl.Datetime):
-            stamp = _to_utc_naive(value, dtype)
-        else:
-            text = value.cast(pl.String).str.strip_chars()
-            if vtype == "date" and spec.format is not None:
-                stamp = text.str.to_date(spec.format, strict=False).cast(pl.Datetime("us"))
-            else:
-                stamp = _parse_datetime(text, spec.format)
-        layout = f" in format {spec.format}" if spec.format else " (ISO 8601, or set format:)"
-        problem = f"is not a {vtype}{layout}"
-        out = _quoted(stamp.dt.to_string("%Y-%m-%d")) if vtype == "date" else _quoted(
-            _datetime_text(stamp)
-        )
-        return _Converted(
-            out, pl.when(value.is_not_null() & stamp.is_null()).then(_reason(column, value, problem))
-        )
+        return _convert_temporal(value, dtype, date_only=vtype == "date", spec=spec)
+    return _convert_list(value, spec)
 
-    # list: a Parquet list column (a split cell is handled by the caller)
-    elements = value.list.eval(pl.element().cast(pl.String).str.len_chars()).list.max()
-    too_long = elements.fill_null(0) > MAX_STRING
+
+def _convert_string(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> _Converted:
+    if isinstance(dtype, pl.Datetime):
+        text = _datetime_text(_to_utc_naive(value, dtype))
+    else:
+        text = value if dtype == pl.String else value.cast(pl.String)
+    if spec.on_too_long == "truncate":
+        return _Converted(_json_value(text.str.slice(0, MAX_STRING)), pl.lit(None, pl.String))
+    too_long = text.str.len_chars() > MAX_STRING
+    problem = pl.concat_str(
+        [
+            pl.lit(f"column {spec.column}: "),
+            text.str.len_chars().cast(pl.String),
+            pl.lit(f" characters, over Fyno's {MAX_STRING} (or set on_too_long: truncate)"),
+        ]
+    )
+    return _Converted(pl.when(~too_long).then(_json_value(text)), pl.when(too_long).then(problem))
+
+
+def _convert_numeric_column(
+    value: pl.Expr, dtype: pl.DataType, *, integer: bool, spec: PropertySpec
+) -> _Converted:
+    """Integer, float and Decimal columns; Decimals go out as JSON numbers, never strings."""
+    number = value.cast(pl.Float64) if dtype.is_decimal() else value
+    finite = number.is_finite() if dtype.is_float() or dtype.is_decimal() else pl.lit(True)
+    if integer and not dtype.is_integer():
+        ok = finite & (number.floor() == number) & (number.abs() < _MAX_I64)
+        out = number.cast(pl.Int64, strict=False).cast(pl.String)
+        problem = "is not an integer"
+    else:
+        ok, out = finite, number.cast(pl.String)
+        problem = "is not a finite number"
     return _Converted(
-        pl.when(~too_long).then(_json_value(value)),
-        pl.when(too_long).then(
-            pl.lit(f"column {column}: a list element is over Fyno's {MAX_STRING} characters")
-        ),
+        pl.when(ok).then(out), pl.when(~ok).then(_reason(spec.column, value, problem))
+    )
+
+
+def _convert_number_text(
+    value: pl.Expr, dtype: pl.DataType, *, integer: bool, spec: PropertySpec
+) -> _Converted:
+    """Numbers written as text: no thousands separators, no NaN or infinity; 1e3 is 1000."""
+    text = (value if dtype == pl.String else value.cast(pl.String)).str.strip_chars()
+    shaped = text.str.contains(_NUMBER)
+    as_float = text.cast(pl.Float64, strict=False)
+    parsed: pl.Expr
+    if integer:
+        direct = text.str.to_integer(strict=False)
+        whole = (as_float.floor() == as_float) & (as_float.abs() < _MAX_I64)
+        via_float = pl.when(whole).then(as_float.cast(pl.Int64, strict=False))
+        parsed = pl.when(shaped).then(pl.coalesce(direct, via_float))
+        problem = "is not an integer"
+    else:
+        parsed = pl.when(shaped & as_float.is_finite()).then(as_float)
+        problem = "is not a number"
+    separated = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
+    reason = (
+        pl.when(separated)
+        .then(_reason(spec.column, value, problem + " (no thousands separators)"))
+        .otherwise(_reason(spec.column, value, problem))
+    )
+    return _Converted(
+        parsed.cast(pl.String), pl.when(value.is_not_null() & parsed.is_null()).then(reason)
+    )
+
+
+def _convert_boolean(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> _Converted:
+    if dtype == pl.Boolean:
+        return _Converted(value.cast(pl.String).str.to_lowercase(), pl.lit(None, pl.String))
+    text = value.cast(pl.String).str.strip_chars().str.to_lowercase()
+    parsed: pl.Expr = (
+        pl.when(text.is_in(_TRUE))
+        .then(pl.lit("true"))
+        .when(text.is_in(_FALSE))
+        .then(pl.lit("false"))
+    )
+    reason = _reason(spec.column, value, "is not a boolean (true/false, yes/no, y/n, t/f, 1/0)")
+    return _Converted(parsed, pl.when(value.is_not_null() & parsed.is_null()).then(reason))
+
+
+def _convert_temporal(
+    value: pl.Expr, dtype: pl.DataType, *, date_only: bool, spec: PropertySpec
+) -> _Converted:
+    """Dates out as 2024-03-01, datetimes as UTC with Z; typed Parquet columns used as they are."""
+    if dtype == pl.Date:
+        stamp = value.cast(pl.Datetime("us"))
+    elif isinstance(dtype, pl.Datetime):
+        stamp = _to_utc_naive(value, dtype)
+    else:
+        text = value.cast(pl.String).str.strip_chars()
+        if date_only and spec.format is not None:
+            stamp = text.str.to_date(spec.format, strict=False).cast(pl.Datetime("us"))
+        else:
+            stamp = _parse_datetime(text, spec.format)
+    kind = "date" if date_only else "datetime"
+    layout = f" in format {spec.format}" if spec.format else " (ISO 8601, or set format:)"
+    out = _quoted(stamp.dt.to_string("%Y-%m-%d")) if date_only else _quoted(_datetime_text(stamp))
+    reason = _reason(spec.column, value, f"is not a {kind}{layout}")
+    return _Converted(out, pl.when(value.is_not_null() & stamp.is_null()).then(reason))
+
+
+def _convert_list(value: pl.Expr, spec: PropertySpec) -> _Converted:
+    """A Parquet list column (a split cell is handled by the caller)."""
+    longest = value.list.eval(pl.element().cast(pl.String).str.len_chars()).list.max()
+    too_long = longest.fill_null(0) > MAX_STRING
+    problem = f"column {spec.column}: a list element is over Fyno's {MAX_STRING} characters"
+    return _Converted(
+        pl.when(~too_long).then(_json_value(value)), pl.when(too_long).then(pl.lit(problem))
     )
 
 
 def _pieces(value: pl.Expr, split: str) -> pl.Expr:
     """A split cell's pieces: trimmed of whitespace, empty ones dropped, in order."""
-    return value.cast(pl.String).str.split(split).list.eval(
-        pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != "")
+    return (
+        value.cast(pl.String)
+        .str.split(split)
+        .list.eval(pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != ""))
     )
 
 
@@ -279,8 +310,10 @@ class Transformer:
         }
         for i, spec in enumerate(mapping.properties):
             dtype = self.schema[spec.column]
-            if self.types[i] == "list" and spec.split is None and not isinstance(
-                dtype, (pl.List, pl.Array)
+            if (
+                self.types[i] == "list"
+                and spec.split is None
+                and not isinstance(dtype, (pl.List, pl.Array))
             ):
                 raise MappingError(
                     f"properties[{i}] (column {spec.column}): type list needs split: for a "
@@ -326,12 +359,12 @@ class Transformer:
                 unset.append(pl.when(flag.json == "true").then(pl.lit(name_json)))
         elif spec.split is not None and spec.op in ("append", "remove"):
             ptype: ValueType = "string" if vtype == "list" else vtype
-            piece = _convert(pl.element(), pl.String, ptype, spec)
+            piece = _convert(pl.element(), pl.String(), ptype, spec)
             split = _pieces(raw, spec.split)
             errors.append(split.list.eval(piece.error).list.drop_nulls().list.first())
             pieces = split.list.eval(pl.lit(name_json + ":") + piece.json)
         elif spec.split is not None:  # a list for set/once, from a split cell
-            piece = _convert(pl.element(), pl.String, "string", spec)
+            piece = _convert(pl.element(), pl.String(), "string", spec)
             split = _pieces(raw, spec.split)
             errors.append(split.list.eval(piece.error).list.drop_nulls().list.first())
             values = split.list.eval(pl.element().str.slice(0, MAX_STRING))
@@ -360,7 +393,18 @@ class Transformer:
         name = self.mapping.distinct_id
         dtype = self.schema[name]
         raw = pl.col(name)
-        if dtype.is_float() or dtype.is_decimal():
+        text: pl.Expr
+        error: pl.Expr
+        if dtype.is_decimal():
+            # from the Decimal's own digits: a float has 53 bits, and a NUMBER(38,0) id such as
+            # 1234567890123456789 must not become 1234567890123456768 (another profile)
+            digits = raw.cast(pl.String)
+            whole = digits.str.extract(r"^([+-]?\d+)(?:\.0*)?$", 1)
+            text = whole.str.replace(r"^\+", "").str.replace(r"^-0+$", "0")
+            error = pl.when(raw.is_not_null() & whole.is_null()).then(
+                _reason(name, raw, "is not a usable distinct_id (not a whole number)")
+            )
+        elif dtype.is_float():
             number = raw.cast(pl.Float64)
             integral = number.is_finite() & (number.floor() == number) & (number.abs() < _MAX_I64)
             text = pl.when(integral).then(number.cast(pl.Int64, strict=False).cast(pl.String))
@@ -371,15 +415,19 @@ class Transformer:
             text = raw.cast(pl.String).str.strip_chars()
             error = pl.lit(None, pl.String)
         empty = text.is_null() | (text == "")
-        error = pl.when(raw.is_null() | (raw.cast(pl.String).str.strip_chars() == "")).then(
-            pl.lit(f"column {name}: distinct_id is empty")
-        ).otherwise(error)
+        error = (
+            pl.when(raw.is_null() | (raw.cast(pl.String).str.strip_chars() == ""))
+            .then(pl.lit(f"column {name}: distinct_id is empty"))
+            .otherwise(error)
+        )
         return pl.when(~empty).then(text), error
 
     def distinct_ids(self, batch: pl.DataFrame) -> pl.Series:
         """Each row's distinct_id exactly as it would be sent (null where it is unusable)."""
         distinct_id, error = self._distinct_id()
-        return batch.select(pl.when(error.is_null()).then(distinct_id).alias("distinct_id")).to_series()
+        return batch.select(
+            pl.when(error.is_null()).then(distinct_id).alias("distinct_id")
+        ).to_series()
 
     # --- a batch --------------------------------------------------------------------------
 
@@ -389,7 +437,10 @@ class Transformer:
         errors = [id_error, *(c.error for c in self._columns)]
         columns = [self.mapping.distinct_id, *(c.spec.column for c in self._columns)]
         first_failing = pl.coalesce(
-            [pl.when(e.is_not_null()).then(pl.lit(col)) for e, col in zip(errors, columns, strict=True)]
+            [
+                pl.when(e.is_not_null()).then(pl.lit(col))
+                for e, col in zip(errors, columns, strict=True)
+            ]
         )
         checked = batch.with_columns(
             __reason__=_empty_to_null(pl.concat_str(errors, separator="; ", ignore_nulls=True)),
@@ -408,15 +459,20 @@ class Transformer:
         if oversize.height:
             too_big = oversize.group_by(ROW).agg(pl.col("nbytes").max())
             items = items.filter(~pl.col(ROW).is_in(too_big[ROW].implode()))
-            more = batch.with_columns(pl.col(ROW).cast(pl.Int64)).join(too_big, on=ROW).select(
-                pl.col(ROW),
-                pl.lit(self.mapping.distinct_id).alias("column"),
-                pl.format(
-                    "the row's update is {} bytes of JSON, over what --max-batch-bytes {} allows",
-                    pl.col("nbytes") + BODY_OVERHEAD,
-                    pl.lit(self.max_item_bytes + BODY_OVERHEAD),
-                ).alias("reason"),
-                _original_values(batch).alias("values"),
+            more = (
+                batch.with_columns(pl.col(ROW).cast(pl.Int64))
+                .join(too_big, on=ROW)
+                .select(
+                    pl.col(ROW),
+                    pl.lit(self.mapping.distinct_id).alias("column"),
+                    pl.format(
+                        "the row's update is {} bytes of JSON, over the {} that --max-batch-bytes "
+                        "allows",
+                        pl.col("nbytes") + BODY_OVERHEAD,
+                        pl.lit(self.max_item_bytes + BODY_OVERHEAD),
+                    ).alias("reason"),
+                    _original_values(batch).alias("values"),
+                )
             )
             rejects = pl.concat([rejects, more]).sort(ROW)
         return TransformResult(
@@ -429,8 +485,16 @@ class Transformer:
         frame = good.select(
             pl.col(ROW).cast(pl.Int64),
             distinct_id.alias("distinct_id"),
-            *(c.fragment.alias(f"__f{i}") for i, c in enumerate(self._columns) if c.fragment is not None),
-            *(c.pieces.alias(f"__p{i}") for i, c in enumerate(self._columns) if c.pieces is not None),
+            *(
+                c.fragment.alias(f"__f{i}")
+                for i, c in enumerate(self._columns)
+                if c.fragment is not None
+            ),
+            *(
+                c.pieces.alias(f"__p{i}")
+                for i, c in enumerate(self._columns)
+                if c.pieces is not None
+            ),
             *(
                 c.unset_names.alias(f"__u{i}")
                 for i, c in enumerate(self._columns)

@@ -1,0 +1,959 @@
+"""Wiring the stages: sources → transform → chunker → sender → ledger, and the summary.
+
+``validate``, ``preview``, ``run_import`` and ``retry_failed`` are the library's entry points; the
+CLI only parses options and shows what they report through a ``Reporter``. Each fills a
+``RunSummary`` that the caller created, so a failure part-way still leaves a truthful summary.
+
+``run_import`` reads every source twice: pass 1 validates all of them (rejects file, reject rate)
+before anything is sent; pass 2 rebuilds the same chunks and sends those the ledger does not show
+as accepted. Pass 2 runs in a thread feeding a small queue, so polars builds the next chunks while
+the event loop is sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import httpx
+import polars as pl
+
+from importer.chunker import Chunker, ChunkSettings, shard_of
+from importer.errors import (
+    ImporterError,
+    InsecureURLError,
+    InterruptedRun,
+    RejectRateError,
+    RunConflictError,
+    SourceError,
+    UsageError,
+)
+from importer.ledger import Ledger, PackedChunk, pack_chunk
+from importer.mapping import Mapping, Settings
+from importer.model import Chunk, ChunkOutcome, ChunkStatus
+from importer.sender import SendConfig, Sender, SendStats
+from importer.sources import ROW, Source, resolve_sources
+from importer.transform import Transformer
+
+READ_BATCH_ROWS = 100_000
+API_VERSIONS = ("live", "test")
+DEFAULT_BASE_URL = "https://api.fyno.io"
+REJECT_COLUMNS = ["source", "row", "column", "reason", "values"]
+
+
+# --- what the caller sees ---------------------------------------------------------------------
+
+
+class Reporter(Protocol):
+    """Where the library reports progress; the CLI draws it, tests may record it."""
+
+    def notice(self, message: str) -> None: ...
+    def phase(self, name: str, total_rows: int | None) -> None: ...
+    def rows(self, count: int) -> None: ...
+    def chunk(self, status: ChunkStatus) -> None: ...
+    def retry(self, reason: str) -> None: ...
+
+
+class NullReporter:
+    """A reporter that shows nothing."""
+
+    def notice(self, message: str) -> None:
+        """Ignore a notice."""
+
+    def phase(self, name: str, total_rows: int | None) -> None:
+        """Ignore a phase change."""
+
+    def rows(self, count: int) -> None:
+        """Ignore rows read."""
+
+    def chunk(self, status: ChunkStatus) -> None:
+        """Ignore a settled chunk."""
+
+    def retry(self, reason: str) -> None:
+        """Ignore a retry."""
+
+
+@dataclass
+class SourceSummary:
+    """Per-source counts in the summary."""
+
+    source: str
+    rows_read: int = 0
+    rows_rejected: int = 0
+    skipped: bool = False
+
+
+@dataclass
+class RunSummary:
+    """What a command did; ``as_json`` is the contract's JSON summary."""
+
+    command: str
+    run_id: str | None = None
+    exit_code: int = 0
+    error: str | None = None
+    rows_read: int = 0
+    rows_valid: int = 0
+    rows_rejected: int = 0
+    items_sent: int = 0
+    bytes_sent: int = 0
+    chunks_total: int = 0
+    chunks_accepted: int = 0
+    chunks_failed: int = 0
+    chunks_ambiguous: int = 0
+    chunks_skipped: int = 0
+    item_errors: int = 0
+    retries: int = 0
+    sources_skipped: int = 0
+    elapsed_s: float = 0.0
+    ledger: str | None = None
+    rejects: str | None = None
+    sources: list[SourceSummary] = field(default_factory=list)
+    dry_run: bool = False
+    chunks_refused: int = 0
+    profiles_superseded: int | None = None
+    items_total: int = 0  # items the valid rows make (what would be sent)
+    bytes_total: int = 0  # bytes of all chunk bodies (what would be sent)
+    profiles: dict[str, Any] = field(default_factory=dict)  # emulator profiles shown by --emulator
+    started: float = field(default_factory=time.monotonic, repr=False)
+
+    def finish(self, error: ImporterError | None = None) -> RunSummary:
+        """Set elapsed time, error and exit code (0 clean, 1 partial, 2/3 from the error)."""
+        self.elapsed_s = round(time.monotonic() - self.started, 3)
+        if error is not None:
+            self.error = str(error)
+            self.exit_code = error.exit_code
+        elif self.rows_rejected or self.chunks_failed or self.chunks_ambiguous or self.item_errors:
+            self.exit_code = 1
+        else:
+            self.exit_code = 0
+        return self
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON summary of the contract (plus a few documented extras)."""
+        data = asdict(self)
+        for key in ("started", "profiles", "command"):
+            data.pop(key)
+        if self.profiles_superseded is None:
+            data.pop("profiles_superseded")
+        return data
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """Where requests go. The key is kept out of repr, so it never reaches a log by accident."""
+
+    base_url: str
+    workspace: str
+    api_version: str
+    api_key: str = field(repr=False)
+
+    @property
+    def batch_url(self) -> str:
+        """The batch endpoint of this workspace and version."""
+        base = self.base_url.rstrip("/")
+        workspace = quote(self.workspace, safe="")
+        return f"{base}/v1/{workspace}/{self.api_version}/profiles/properties/batch"
+
+
+def check_base_url(url: str) -> None:
+    """Refuse a base URL that would carry the key in clear text to a non-loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"base URL {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise InsecureURLError(
+            f"refusing to send the API key over plain http:// to {parts.hostname}",
+            hint="use https://, or http:// only to a loopback address such as 127.0.0.1",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_version(version: str) -> str:
+    """Only ``live`` and ``test`` exist."""
+    if version not in API_VERSIONS:
+        raise UsageError(f"API version {version!r} does not exist: use live or test")
+    return version
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportOptions:
+    """Everything ``run_import`` needs, already parsed and merged."""
+
+    sources: list[str]
+    mapping: Mapping
+    settings: Settings
+    format: str | None = None
+    ledger: Path | None = None
+    rejects: Path = Path("fyno-import.rejects.csv")
+    dry_run: bool = False
+    force: bool = False
+    shard: tuple[int, int] | None = None
+    target: Target | None = None  # None with dry_run or emulator
+    emulator: bool = False
+    show_profiles: int = 0  # with emulator: fetch this many resulting profiles for the summary
+
+    def chunk_settings(self) -> ChunkSettings:
+        """The settings that decide chunk ids."""
+        return ChunkSettings(
+            batch_size=self.settings.batch_size,
+            max_batch_bytes=self.settings.max_batch_bytes,
+            shard=self.shard,
+        )
+
+    def send_config(self) -> SendConfig:
+        """The sender's settings."""
+        return send_config(self.settings)
+
+
+def send_config(settings: Settings) -> SendConfig:
+    """The sender's part of the run settings."""
+    return SendConfig(
+        concurrency=settings.concurrency,
+        rate_limit=settings.rate_limit,
+        max_retries=settings.max_retries,
+        timeout=settings.timeout,
+    )
+
+
+def default_ledger_path(shard: tuple[int, int] | None) -> Path:
+    """``fyno-import.ledger.db``, or one per shard."""
+    if shard:
+        return Path(f"fyno-import.shard-{shard[0]}-of-{shard[1]}.ledger.db")
+    return Path("fyno-import.ledger.db")
+
+
+# --- pass 1: reading and validating ---------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    source: Source
+    transformer: Transformer
+    fingerprint: str
+
+
+class _RejectsWriter:
+    """The rejects CSV: rewritten by each run or validate, created readable by its owner only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        self._handle = os.fdopen(fd, "wb")
+        self._handle.write((",".join(REJECT_COLUMNS) + "\n").encode())
+
+    def write(self, source: str, rejects: pl.DataFrame) -> None:
+        """Append one batch's rejected rows."""
+        if rejects.height:
+            rejects.select(
+                pl.lit(source).alias("source"),
+                pl.col(ROW).alias("row"),
+                "column",
+                "reason",
+                "values",
+            ).write_csv(self._handle, include_header=False)
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._handle.close()
+
+
+def _open_sources(
+    args: list[str], mapping: Mapping, fmt: str | None, reporter: Reporter, allow_empty: bool
+) -> list[Source]:
+    if fmt not in (None, "csv", "parquet"):
+        raise UsageError(f"--format {fmt!r}: use csv or parquet")
+    sources, notices = resolve_sources(args, format=fmt, options=mapping.source)  # type: ignore[arg-type]
+    for message in notices:
+        reporter.notice(message)
+    if not sources and not allow_empty:
+        raise SourceError(
+            f"no CSV or Parquet file matches {' '.join(args)}",
+            hint="check the path or glob, or pass --allow-empty for a night with no export",
+        )
+    return sources
+
+
+def _prepare(source: Source, mapping: Mapping, settings: Settings) -> _Prepared:
+    columns = source.columns()
+    schema = source.scan().collect_schema()
+    transformer = Transformer(
+        mapping, {c: schema[c] for c in columns}, max_batch_bytes=settings.max_batch_bytes
+    )
+    return _Prepared(source=source, transformer=transformer, fingerprint=source.fingerprint())
+
+
+def _shard_filter(
+    batch: pl.DataFrame, transformer: Transformer, shard: tuple[int, int] | None
+) -> pl.DataFrame:
+    """Keep the rows of shard K (rows without an id are kept by shard 1, which rejects them)."""
+    if shard is None:
+        return batch
+    k, n = shard
+    ids = transformer.distinct_ids(batch)
+    shards = shard_of(ids.fill_null(""), n)
+    keep = (shards == k - 1) & ids.is_not_null()
+    if k == 1:
+        keep = keep | ids.is_null()
+    return batch.filter(keep)
+
+
+def _batches(prepared: _Prepared, shard: tuple[int, int] | None) -> Iterator[pl.DataFrame]:
+    columns = prepared.source.columns()
+    for batch in prepared.source.batches(columns, READ_BATCH_ROWS):
+        yield _shard_filter(batch, prepared.transformer, shard)
+
+
+def _validate_all(
+    prepared: list[_Prepared],
+    options: ImportOptions,
+    summary: RunSummary,
+    reporter: Reporter,
+    mapping_hash: str,
+) -> None:
+    """Pass 1: read and validate every source, write the rejects file, count chunks."""
+    total = _row_total(prepared)
+    reporter.phase("validating", total)
+    writer = _RejectsWriter(options.rejects)
+    summary.rejects = str(options.rejects)
+    try:
+        for index, item in enumerate(prepared):
+            per_source = next(
+                s for s in summary.sources if s.source == item.source.name and not s.skipped
+            )
+            chunker = Chunker(
+                source_index=index,
+                source=item.source.name,
+                source_fingerprint=item.fingerprint,
+                mapping_hash=mapping_hash,
+                settings=options.chunk_settings(),
+                build_bodies=False,
+            )
+            for batch in _batches(item, options.shard):
+                result = item.transformer.apply(batch)
+                writer.write(item.source.name, result.rejects)
+                per_source.rows_read += batch.height
+                per_source.rows_rejected += result.rejects.height
+                summary.rows_valid += result.rows_valid
+                summary.items_total += result.items.height
+                for _ in chunker.add(result.items):
+                    pass
+                reporter.rows(batch.height)
+            for _ in chunker.finish():
+                pass
+            summary.chunks_total += chunker.chunks
+            summary.bytes_total += chunker.bytes
+            if per_source.rows_read == 0 and not options.settings.allow_empty:
+                raise SourceError(
+                    f"{item.source.name}: no data rows (only a header)"
+                    + (" in this shard" if options.shard else ""),
+                    hint="pass --allow-empty if an empty export is expected",
+                )
+    finally:
+        writer.close()
+        summary.rows_read = sum(s.rows_read for s in summary.sources)
+        summary.rows_rejected = sum(s.rows_rejected for s in summary.sources)
+
+
+def _row_total(prepared: list[_Prepared]) -> int | None:
+    total = 0
+    for item in prepared:
+        hint = item.source.row_count_hint()
+        if hint is None:
+            return None
+        total += hint
+    return total
+
+
+def validate(
+    options: ImportOptions, summary: RunSummary, reporter: Reporter | None = None
+) -> RunSummary:
+    """Read and validate the sources; count the chunks they would make. Sends nothing."""
+    reporter = reporter or NullReporter()
+    summary.dry_run = options.dry_run
+    sources = _open_sources(
+        options.sources, options.mapping, options.format, reporter, options.settings.allow_empty
+    )
+    try:
+        prepared = [_prepare(s, options.mapping, options.settings) for s in sources]
+        summary.sources = [SourceSummary(source=p.source.name) for p in prepared]
+        _validate_all(prepared, options, summary, reporter, options.mapping.fingerprint())
+        if options.dry_run:
+            _check_reject_rate(summary, options.settings)
+    finally:
+        for source in sources:
+            source.close()
+    return summary
+
+
+def _check_reject_rate(summary: RunSummary, settings: Settings) -> None:
+    if summary.rows_read and summary.rows_rejected / summary.rows_read > settings.max_reject_rate:
+        raise RejectRateError(
+            f"{summary.rows_rejected} of {summary.rows_read} rows are invalid "
+            f"({summary.rows_rejected / summary.rows_read:.1%}), over --max-reject-rate "
+            f"{settings.max_reject_rate:g}; nothing was sent",
+            hint=f"see the reasons in {summary.rejects}; fix the export or raise --max-reject-rate",
+        )
+
+
+def preview(options: ImportOptions, count: int, reporter: Reporter | None = None) -> list[bytes]:
+    """The first ``count`` request bodies, exactly as ``run`` would send them."""
+    reporter = reporter or NullReporter()
+    sources = _open_sources(options.sources, options.mapping, options.format, reporter, True)
+    bodies: list[bytes] = []
+    try:
+        for index, source in enumerate(sources):
+            for chunk in _source_chunks(
+                index, _prepare(source, options.mapping, options.settings), options, None
+            ):
+                bodies.append(chunk.body)
+                if len(bodies) >= count:
+                    return bodies
+    finally:
+        for source in sources:
+            source.close()
+    return bodies
+
+
+def _source_chunks(
+    index: int,
+    prepared: _Prepared,
+    options: ImportOptions,
+    reporter: Reporter | None,
+) -> Iterator[Chunk]:
+    """Pass 2 for one source: its chunks, in the order they close."""
+    chunker = Chunker(
+        source_index=index,
+        source=prepared.source.name,
+        source_fingerprint=prepared.fingerprint,
+        mapping_hash=options.mapping.fingerprint(),
+        settings=options.chunk_settings(),
+    )
+    for batch in _batches(prepared, options.shard):
+        result = prepared.transformer.apply(batch)
+        yield from chunker.add(result.items)
+        if reporter is not None:
+            reporter.rows(batch.height)
+    yield from chunker.finish()
+
+
+# --- pass 2: sending ------------------------------------------------------------------------
+
+
+def source_key(fingerprints: list[str], shard: tuple[int, int] | None) -> str:
+    """Identifies "the same command again": the ordered source fingerprints and the shard."""
+    data = json.dumps({"sources": fingerprints, "shard": list(shard) if shard else None})
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+_SETTLED = frozenset(
+    {ChunkStatus.ACCEPTED, ChunkStatus.AMBIGUOUS, ChunkStatus.REFUSED, ChunkStatus.ABANDONED}
+)
+
+
+@dataclass(frozen=True)
+class _SourceDone:
+    index: int
+    chunks: int
+
+
+class _LedgerRecorder:
+    """Adapts the ledger to the sender's ChunkRecorder and keeps the summary and progress."""
+
+    def __init__(self, ledger: Ledger, run_id: str, reporter: Reporter) -> None:
+        self.ledger, self.run_id, self.reporter = ledger, run_id, reporter
+        self.packed: dict[str, PackedChunk] = {}  # compressed by the reader thread
+
+    def record_in_flight(self, chunk: Chunk) -> None:
+        """Write the chunk and its body before its request leaves."""
+        packed = self.packed.pop(chunk.chunk_id, None)
+        self.ledger.record_in_flight(self.run_id, chunk, packed=packed)
+
+    def record_outcome(self, chunk: Chunk, outcome: ChunkOutcome) -> None:
+        """Write the final answer, then show it."""
+        self.ledger.record_outcome(self.run_id, chunk, outcome)
+        self.reporter.chunk(outcome.status)
+
+
+def _client(target: Target, config: SendConfig) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=config.concurrency, max_keepalive_connections=config.concurrency
+    )
+    return httpx.AsyncClient(
+        headers={
+            "Authorization": f"Bearer {target.api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": "fyno-import",
+        },
+        limits=limits,
+        timeout=config.timeout,
+        trust_env=False,
+    )
+
+
+def _apply_stats(summary: RunSummary, stats: SendStats) -> None:
+    summary.chunks_accepted += stats.chunks_accepted
+    summary.chunks_failed += stats.chunks_failed + stats.chunks_refused
+    summary.chunks_refused += stats.chunks_refused
+    summary.chunks_ambiguous += stats.chunks_ambiguous
+    summary.items_sent += stats.items_sent
+    summary.bytes_sent += stats.bytes_sent
+    summary.retries += stats.retries
+    summary.item_errors += stats.item_errors
+
+
+async def _send(
+    produce: Callable[[Callable[[object], None], threading.Event], None],
+    *,
+    target: Target,
+    config: SendConfig,
+    recorder: _LedgerRecorder,
+    reporter: Reporter,
+    summary: RunSummary,
+    on_item: Callable[[object], Chunk | None],
+) -> bool:
+    """Send what ``produce`` (run in a thread) puts out; counts go to the summary even when it
+    fails part-way. Returns whether the run was stopped (Ctrl-C, SIGTERM)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=8)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> None:
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                future.result(timeout=0.2)
+                return
+        future.cancel()
+
+    def worker() -> None:
+        try:
+            produce(put, stop)
+            put(done)
+        except BaseException as exc:  # handed to the event loop, raised there
+            put(exc)
+
+    async def chunks() -> AsyncIterator[Chunk]:
+        while True:
+            item = await queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, tuple):  # (chunk, its compressed form for the ledger)
+                fresh, packed = item
+                recorder.packed[fresh.chunk_id] = packed
+                item = fresh
+            chunk = on_item(item)
+            if chunk is not None:
+                yield chunk
+            elif isinstance(item, Chunk):
+                recorder.packed.pop(item.chunk_id, None)
+
+    async with _client(target, config) as client:
+        sender = Sender(
+            client,
+            url=target.batch_url,
+            config=config,
+            recorder=recorder,
+            on_retry=lambda _chunk, reason: reporter.retry(reason),
+        )
+        interrupted = False
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            if interrupted:  # a second Ctrl-C: stop waiting for in-flight answers
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                return
+            interrupted = True
+            reporter.notice("stopping: no new requests; waiting for those in flight…")
+            sender.stop()
+            stop.set()
+
+        installed = []
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signum, on_signal)
+                    installed.append(signum)
+        thread = threading.Thread(target=worker, name="fyno-import-reader", daemon=True)
+        thread.start()
+        try:
+            await sender.send_all(chunks())
+        finally:
+            _apply_stats(summary, sender.stats)
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                await asyncio.sleep(0.01)
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+        return interrupted or sender.stopped
+
+
+def _resolve_target(options: ImportOptions, server_url: str | None) -> Target:
+    if server_url is not None:
+        return Target(
+            base_url=server_url, workspace="emulator", api_version="live", api_key="emulator"
+        )
+    if options.target is None:
+        raise UsageError("no API target: set FYNO_API_KEY and FYNO_WORKSPACE_ID, or use --emulator")
+    check_base_url(options.target.base_url)
+    check_api_version(options.target.api_version)
+    return options.target
+
+
+def run_import(
+    options: ImportOptions, summary: RunSummary, reporter: Reporter | None = None
+) -> RunSummary:
+    """Validate every source, then send the chunks the ledger does not show as accepted."""
+    reporter = reporter or NullReporter()
+    if options.dry_run:
+        return validate(options, summary, reporter)
+    if options.emulator:
+        from importer.emulator import EmulatorConfig, EmulatorServer
+
+        with tempfile.TemporaryDirectory(prefix="fyno-import-emulator-") as scratch:
+            with EmulatorServer(EmulatorConfig(port=0)) as server:
+                ledger = options.ledger or Path(scratch) / "emulator.ledger.db"
+                _run(options, summary, reporter, _resolve_target(options, server.url), ledger)
+                for distinct_id in _first_ids(options, options.show_profiles):
+                    summary.profiles[distinct_id] = server.profile(
+                        distinct_id, workspace="emulator"
+                    )
+            return summary
+    target = _resolve_target(options, None)
+    return _run(
+        options, summary, reporter, target, options.ledger or default_ledger_path(options.shard)
+    )
+
+
+def _first_ids(options: ImportOptions, count: int) -> list[str]:
+    if count <= 0:
+        return []
+    sources, _ = resolve_sources(options.sources, options=options.mapping.source)
+    if not sources:
+        return []
+    frame = sources[0].scan().select(options.mapping.distinct_id).head(count * 4).collect()
+    ids = [str(v).strip() for v in frame.to_series().to_list() if v is not None and str(v).strip()]
+    return ids[:count]
+
+
+def _run(
+    options: ImportOptions,
+    summary: RunSummary,
+    reporter: Reporter,
+    target: Target,
+    ledger_path: Path,
+) -> RunSummary:
+    sources = _open_sources(
+        options.sources, options.mapping, options.format, reporter, options.settings.allow_empty
+    )
+    if not sources:
+        return summary
+    mapping_hash = options.mapping.fingerprint()
+    chunk_key = options.chunk_settings().key()
+    try:
+        prepared = [_prepare(s, options.mapping, options.settings) for s in sources]
+        fingerprints = [p.fingerprint for p in prepared]
+        key = source_key(fingerprints, options.shard)
+        summary.ledger = str(ledger_path)
+        with Ledger.open(ledger_path) as ledger:
+            ledger.lock_for_run()
+            resumable = ledger.find_resumable_run(key)
+            if (
+                resumable is not None
+                and not options.force
+                and (resumable.mapping_hash != mapping_hash or resumable.chunk_key != chunk_key)
+            ):
+                raise RunConflictError(
+                    f"run {resumable.run_id} on these sources is unfinished and used another "
+                    "mapping or other chunk settings (batch size, max batch bytes, shard)",
+                    hint="run it again with its own mapping and settings to finish it, or pass "
+                    "--force to start afresh",
+                )
+            if options.force:
+                resumable = None
+            imported = (
+                {}
+                if options.force
+                else ledger.imported_sources(
+                    fingerprints, exclude_run=resumable.run_id if resumable else None
+                )
+            )
+            todo: list[_Prepared] = []
+            for item in prepared:
+                earlier = imported.get(item.fingerprint)
+                summary.sources.append(
+                    SourceSummary(source=item.source.name, skipped=earlier is not None)
+                )
+                if earlier is not None:
+                    summary.sources_skipped += 1
+                    reporter.notice(
+                        f"skipped {item.source.name}: already imported by run {earlier} "
+                        "(--force imports it again)"
+                    )
+                else:
+                    todo.append(item)
+            if not todo:
+                raise RunConflictError(
+                    "every source was already imported ("
+                    + ", ".join(sorted(set(imported.values())))
+                    + "); nothing sent",
+                    hint="pass --force to import them again",
+                )
+            _validate_all(todo, options, summary, reporter, mapping_hash)
+            _check_reject_rate(summary, options.settings)
+            if resumable is not None:
+                run_id = resumable.run_id
+                reporter.notice(f"resuming run {run_id}")
+            else:
+                run_id = ledger.create_run(
+                    source_key=key,
+                    mapping_hash=mapping_hash,
+                    chunk_key=chunk_key,
+                    shard=f"{options.shard[0]}/{options.shard[1]}" if options.shard else None,
+                    settings=options.settings.model_dump(mode="json"),
+                    base_url=target.base_url,
+                    workspace=target.workspace,
+                    api_version=target.api_version,
+                    sources=[(p.source.name, p.fingerprint) for p in prepared],
+                )
+            summary.run_id = run_id
+            ledger.mark_run(run_id, "running")
+            _send_run(ledger, run_id, prepared, todo, options, summary, reporter, target)
+    finally:
+        for source in sources:
+            source.close()
+    return summary
+
+
+def _send_run(
+    ledger: Ledger,
+    run_id: str,
+    prepared: list[_Prepared],
+    todo: list[_Prepared],
+    options: ImportOptions,
+    summary: RunSummary,
+    reporter: Reporter,
+    target: Target,
+) -> None:
+    known = ledger.chunk_statuses(run_id)
+    indexes = {id(p): i for i, p in enumerate(prepared)}
+    per_source = {s.source: s for s in summary.sources if not s.skipped}
+    recorder = _LedgerRecorder(ledger, run_id, reporter)
+
+    def produce(put: Callable[[object], None], stop: threading.Event) -> None:
+        for item in todo:
+            index = indexes[id(item)]
+            count = 0
+            for chunk in _source_chunks(index, item, options, reporter):
+                if stop.is_set():
+                    return
+                count += 1
+                # zlib releases the GIL: compressing here keeps it off the event loop
+                settled = known.get(chunk.chunk_id) in _SETTLED
+                put(chunk if settled else (chunk, pack_chunk(chunk)))
+            put(_SourceDone(index, count))
+
+    def on_item(item: object) -> Chunk | None:
+        if isinstance(item, _SourceDone):
+            name = prepared[item.index].source.name
+            ledger.set_source_counts(
+                run_id,
+                item.index,
+                rows_read=per_source[name].rows_read,
+                rows_rejected=per_source[name].rows_rejected,
+                chunks_total=item.chunks,
+            )
+            return None
+        assert isinstance(item, Chunk)
+        status = known.get(item.chunk_id)
+        if status is ChunkStatus.ACCEPTED:
+            summary.chunks_skipped += 1
+            reporter.chunk(ChunkStatus.ACCEPTED)
+            return None
+        if status is ChunkStatus.IN_FLIGHT and item.has_add:
+            ledger.mark_ambiguous(
+                run_id,
+                item.chunk_id,
+                "was in flight when an earlier try stopped; carries $add, so it is not resent",
+            )
+            status = ChunkStatus.AMBIGUOUS
+        if status in (ChunkStatus.AMBIGUOUS, ChunkStatus.REFUSED, ChunkStatus.ABANDONED):
+            if status is ChunkStatus.AMBIGUOUS:
+                summary.chunks_ambiguous += 1
+            elif status is ChunkStatus.REFUSED:
+                summary.chunks_failed += 1
+                summary.chunks_refused += 1
+            reporter.chunk(status)
+            return None
+        return item
+
+    reporter.phase("sending", summary.rows_read)
+    error: ImporterError | None = None
+    try:
+        stopped = asyncio.run(
+            _send(
+                produce,
+                target=target,
+                config=options.send_config(),
+                recorder=recorder,
+                reporter=reporter,
+                summary=summary,
+                on_item=on_item,
+            )
+        )
+        if stopped:
+            raise InterruptedRun(
+                "interrupted: no new requests were started; in-flight ones were settled"
+            )
+    except ImporterError as exc:
+        error = exc
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        error = InterruptedRun("interrupted: chunks still in flight stay marked in the ledger")
+        raise error from None
+    finally:
+        status = (
+            "finished"
+            if error is None
+            else ("interrupted" if isinstance(error, InterruptedRun) else "aborted")
+        )
+        with contextlib.suppress(ImporterError):
+            summary.finish(error)
+            ledger.mark_run(run_id, status, summary.as_json())
+
+
+# --- retry ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryOptions:
+    """Everything ``retry_failed`` needs."""
+
+    ledger: Path
+    run_id: str | None
+    include_ambiguous: bool
+    settings: Settings
+    api_key: str = field(repr=False)
+    base_url: str | None = None  # given on the command line: must match the ledger's
+    workspace: str | None = None
+    api_version: str | None = None
+
+
+def retry_failed(
+    options: RetryOptions, summary: RunSummary, reporter: Reporter | None = None
+) -> RunSummary:
+    """Resend a run's failed chunks (and ambiguous ones, if asked) from the ledger alone."""
+    reporter = reporter or NullReporter()
+    summary.ledger = str(options.ledger)
+    with Ledger.open(options.ledger, create=False) as ledger:
+        ledger.lock_for_run()
+        run = (
+            ledger.get_run(options.run_id) if options.run_id else ledger.latest_run_with_failures()
+        )
+        if run is None:
+            reporter.notice(f"no run in {options.ledger} has failed chunks: nothing to retry")
+            return summary
+        summary.run_id = run.run_id
+        for name, given, recorded in (
+            ("base URL", options.base_url, run.base_url),
+            ("workspace", options.workspace, run.workspace),
+            ("API version", options.api_version, run.api_version),
+        ):
+            if given is not None and given.rstrip("/") != recorded.rstrip("/"):
+                raise UsageError(
+                    f"run {run.run_id} was sent to {name} {recorded!r}, not {given!r}; "
+                    "retry resends to where the run went",
+                    hint=f"drop the {name} option, or start a new run for the other target",
+                )
+        target = Target(
+            base_url=run.base_url,
+            workspace=run.workspace,
+            api_version=run.api_version,
+            api_key=options.api_key,
+        )
+        check_base_url(target.base_url)
+        statuses = {ChunkStatus.FAILED}
+        if options.include_ambiguous:
+            statuses.add(ChunkStatus.AMBIGUOUS)
+        chunks = list(ledger.load_chunks(run.run_id, statuses))
+        refused = list(ledger.load_chunks(run.run_id, {ChunkStatus.REFUSED}))
+        if refused:
+            reporter.notice(
+                f"{len(refused)} chunk(s) were refused by the API (HTTP 400) and are not resent; "
+                "`fyno-import ledger export --failures FILE` lists their rows"
+            )
+        all_statuses = ledger.chunk_statuses(run.run_id)
+        left_ambiguous = 0
+        if not options.include_ambiguous:
+            left_ambiguous = sum(1 for s in all_statuses.values() if s is ChunkStatus.AMBIGUOUS)
+        summary.chunks_total = len(chunks)
+        summary.profiles_superseded = ledger.profiles_superseded(
+            run.run_id, [c.chunk_id for c in chunks]
+        )
+        if summary.profiles_superseded:
+            reporter.notice(
+                f"{summary.profiles_superseded} profile(s) in these chunks received later updates; "
+                "resending now may overwrite newer values with older ones"
+            )
+        if chunks:
+            reporter.phase("retrying", sum(c.items for c in chunks))
+            recorder = _LedgerRecorder(ledger, run.run_id, reporter)
+
+            def produce(put: Callable[[object], None], stop: threading.Event) -> None:
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    put(chunk)
+
+            def on_item(item: object) -> Chunk | None:
+                assert isinstance(item, Chunk)
+                reporter.rows(item.items)
+                return item
+
+            stopped = asyncio.run(
+                _send(
+                    produce,
+                    target=target,
+                    config=send_config(options.settings),
+                    recorder=recorder,
+                    reporter=reporter,
+                    summary=summary,
+                    on_item=on_item,
+                )
+            )
+            if stopped:
+                raise InterruptedRun("interrupted: no new requests were started")
+        summary.chunks_failed += len(refused)
+        summary.chunks_refused += len(refused)
+        summary.chunks_ambiguous += left_ambiguous
+    return summary

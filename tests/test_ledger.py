@@ -1,0 +1,742 @@
+"""Tests of the SQLite results ledger (importer/ledger.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import itertools
+import json
+import os
+import resource
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from importer.errors import (
+    LedgerCorruptError,
+    LedgerError,
+    LedgerLockedError,
+    LedgerSchemaError,
+    LedgerWriteError,
+)
+from importer.ledger import SCHEMA_VERSION, Ledger
+from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError
+
+ACCEPTED = ChunkOutcome(status=ChunkStatus.ACCEPTED, attempts=1, http_status=202, request_id="r1")
+FAILED = ChunkOutcome(
+    status=ChunkStatus.FAILED, attempts=7, http_status=503, error="503 Service Unavailable"
+)
+_ids = itertools.count()
+
+
+def make_chunk(
+    *,
+    distinct_ids: list[str] | None = None,
+    rows: list[int] | None = None,
+    source_index: int = 0,
+    source: str = "s0.csv",
+    lane: int = 0,
+    seq: int = 0,
+    has_add: bool = False,
+    chunk_id: str | None = None,
+) -> Chunk:
+    """A chunk whose body is the JSON batch of its distinct_ids."""
+    ids = distinct_ids if distinct_ids is not None else ["u1", "u2", "u3"]
+    rows = rows if rows is not None else list(range(1, len(ids) + 1))
+    op = "$add" if has_add else "$set"
+    body = orjson.dumps({"batch": [{"distinct_id": d, "action": {op: {"n": 1}}} for d in ids]})
+    return Chunk(
+        chunk_id=chunk_id or f"chunk-{next(_ids):04d}",
+        source_index=source_index,
+        source=source,
+        lane=lane,
+        seq=seq,
+        body=body,
+        rows=rows,
+        distinct_ids=ids,
+        has_add=has_add,
+    )
+
+
+def new_run(ledger: Ledger, *, source_key: str = "sk", sources: int = 1) -> str:
+    """A run with `sources` sources named s0.csv, s1.csv, … (fingerprints fp0, fp1, …)."""
+    return ledger.create_run(
+        source_key=source_key,
+        mapping_hash="mh",
+        chunk_key="ck",
+        shard=None,
+        settings={"batch_size": 500, "concurrency": 8},
+        base_url="https://api.fyno.io",
+        workspace="WS1",
+        api_version="live",
+        sources=[(f"s{i}.csv", f"fp{i}") for i in range(sources)],
+    )
+
+
+def sent(ledger: Ledger, run_id: str, chunk: Chunk, outcome: ChunkOutcome) -> None:
+    """Record a chunk as in flight, then its outcome, as the sender does."""
+    ledger.record_in_flight(run_id, chunk)
+    ledger.record_outcome(run_id, chunk, outcome)
+
+
+def raw(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Query the ledger file the way a user with the sqlite3 shell would."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def mode(path: Path) -> int:
+    """The permission bits of a file."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    """Where the test's ledger lives."""
+    return tmp_path / "fyno-import.ledger.db"
+
+
+@pytest.fixture
+def ledger(ledger_path: Path) -> Iterator[Ledger]:
+    """A fresh ledger, closed after the test."""
+    with Ledger.open(ledger_path) as led:
+        yield led
+
+
+# -- chunks ------------------------------------------------------------------------------------
+
+
+def test_in_flight_chunk_round_trips_from_the_ledger_alone(ledger: Ledger) -> None:
+    """A chunk recorded in flight is rebuilt byte for byte, with its rows, ids, lane and $add."""
+    run = new_run(ledger, sources=2)
+    chunk = make_chunk(
+        distinct_ids=["a", "b", "a"],
+        rows=[7, 9, 12],
+        source_index=1,
+        source="s1.csv",
+        lane=3,
+        seq=5,
+        has_add=True,
+    )
+    ledger.record_in_flight(run, chunk)
+
+    (loaded,) = ledger.load_chunks(run, {ChunkStatus.IN_FLIGHT})
+    assert loaded == chunk
+    assert loaded.body == chunk.body and loaded.source == "s1.csv" and loaded.has_add
+    assert ledger.chunk_statuses(run) == {chunk.chunk_id: ChunkStatus.IN_FLIGHT}
+
+
+def test_load_chunks_keeps_sending_order_and_filters_by_status(ledger: Ledger) -> None:
+    """Chunks come back in (source, lane, seq) order, only those in the asked states."""
+    run = new_run(ledger, sources=2)
+    order = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0), (0, 1, 1)]
+    chunks = [make_chunk(source_index=s, lane=la, seq=q) for s, la, q in order]
+    for c in chunks:
+        sent(ledger, run, c, FAILED)
+    done = make_chunk(source_index=0, lane=0, seq=2)
+    sent(ledger, run, done, ACCEPTED)
+
+    loaded = list(ledger.load_chunks(run, {ChunkStatus.FAILED, ChunkStatus.AMBIGUOUS}))
+    assert [(c.source_index, c.lane, c.seq) for c in loaded] == sorted(order)
+    assert list(ledger.load_chunks(run, set())) == []
+
+
+def test_accepted_chunk_drops_body_and_rows_but_keeps_ids(ledger: Ledger) -> None:
+    """Once accepted, the body and row map are gone from the file; ids and counts stay."""
+    run = new_run(ledger)
+    chunk = make_chunk()
+    ledger.record_in_flight(run, chunk)
+    ledger.record_outcome(run, chunk, FAILED)
+    ledger.record_in_flight(run, chunk)
+    ledger.record_outcome(run, chunk, ACCEPTED)
+
+    ((body, rows_z, ids_z, status, attempts, items, size),) = raw(
+        ledger.path,
+        "SELECT body, rows_z, ids_z, status, attempts, items, bytes FROM chunks WHERE chunk_id=?",
+        chunk.chunk_id,
+    )
+    assert body is None and rows_z is None
+    assert ids_z is not None and status == "accepted"
+    assert attempts == FAILED.attempts + ACCEPTED.attempts  # cumulative over both tries
+    assert (items, size) == (3, len(chunk.body))
+    with pytest.raises(LedgerError, match="body was dropped"):
+        list(ledger.load_chunks(run, {ChunkStatus.ACCEPTED}))
+
+
+def test_failed_chunk_keeps_its_body_and_last_answer(ledger: Ledger) -> None:
+    """A failed chunk keeps its body for retry, with the last HTTP status and error text."""
+    run = new_run(ledger)
+    chunk = make_chunk()
+    sent(ledger, run, chunk, FAILED)
+
+    ((http_status, error, attempts),) = raw(
+        ledger.path,
+        "SELECT http_status, error, attempts FROM chunks WHERE chunk_id=?",
+        chunk.chunk_id,
+    )
+    assert (http_status, error, attempts) == (503, "503 Service Unavailable", 7)
+    (loaded,) = ledger.load_chunks(run, {ChunkStatus.FAILED})
+    assert loaded.body == chunk.body
+
+
+def test_outcome_without_in_flight_record_is_not_lost(ledger: Ledger) -> None:
+    """An outcome for a chunk never recorded in flight is still stored, with its body."""
+    run = new_run(ledger)
+    chunk = make_chunk()
+    ledger.record_outcome(run, chunk, FAILED)
+    assert ledger.chunk_statuses(run) == {chunk.chunk_id: ChunkStatus.FAILED}
+    assert next(ledger.load_chunks(run, {ChunkStatus.FAILED})) == chunk
+
+
+def test_mark_ambiguous_closes_only_in_flight_chunks(ledger: Ledger) -> None:
+    """After a crash an in-flight $add chunk becomes ambiguous; an accepted one cannot."""
+    run = new_run(ledger)
+    maybe = make_chunk(has_add=True)
+    done = make_chunk(has_add=True)
+    ledger.record_in_flight(run, maybe)
+    sent(ledger, run, done, ACCEPTED)
+
+    ledger.mark_ambiguous(run, maybe.chunk_id, "in flight when the previous run stopped")
+    assert ledger.chunk_statuses(run)[maybe.chunk_id] is ChunkStatus.AMBIGUOUS
+    assert next(ledger.load_chunks(run, {ChunkStatus.AMBIGUOUS})) == maybe
+    with pytest.raises(LedgerError, match="is accepted, not in flight"):
+        ledger.mark_ambiguous(run, done.chunk_id, "x")
+
+
+# -- runs and sources --------------------------------------------------------------------------
+
+
+def test_run_is_found_for_resume_by_source_key_until_all_accepted(ledger: Ledger) -> None:
+    """An interrupted run is resumed by its source key; a finished, all-accepted one is not."""
+    run = new_run(ledger, source_key="key-A")
+    chunk = make_chunk()
+    ledger.record_in_flight(run, chunk)
+    ledger.mark_run(run, "interrupted")
+
+    found = ledger.find_resumable_run("key-A")
+    assert found is not None and found.run_id == run and found.status == "interrupted"
+    assert found.settings == {"batch_size": 500, "concurrency": 8}
+    assert [s.source for s in found.sources] == ["s0.csv"]
+    assert ledger.find_resumable_run("key-B") is None
+
+    ledger.record_outcome(run, chunk, FAILED)
+    ledger.mark_run(run, "finished", {"chunks_failed": 1})
+    assert ledger.find_resumable_run("key-A") is not None  # finished, but a chunk failed
+
+    sent(ledger, run, chunk, ACCEPTED)
+    ledger.mark_run(run, "finished", {"chunks_failed": 0})
+    assert ledger.find_resumable_run("key-A") is None
+    info = ledger.get_run(run)
+    assert info.finished_at is not None and info.summary == {"chunks_failed": 0}
+
+
+def test_only_the_latest_run_of_a_source_key_is_resumed(ledger: Ledger) -> None:
+    """An old unfinished run is not resumed once a newer run of the same sources finished."""
+    old = new_run(ledger, source_key="k")
+    ledger.mark_run(old, "interrupted")
+    newer = new_run(ledger, source_key="k")
+    ledger.mark_run(newer, "finished")
+    assert ledger.find_resumable_run("k") is None
+    assert [r.run_id for r in ledger.list_runs()] == [old, newer]
+
+
+def test_get_and_mark_unknown_run_name_it(ledger: Ledger) -> None:
+    """An unknown run id is an error that names it."""
+    with pytest.raises(LedgerError, match="no run 2020-nope"):
+        ledger.get_run("2020-nope")
+    with pytest.raises(LedgerError, match="no run 2020-nope"):
+        ledger.mark_run("2020-nope", "finished")
+
+
+def test_run_ids_are_time_stamped_unique_and_listed_in_creation_order(ledger: Ledger) -> None:
+    """Run ids look like 20261129T234500Z-1a2b3c; list_runs gives them oldest first."""
+    ids = [new_run(ledger) for _ in range(5)]
+    assert len(set(ids)) == 5
+    assert all(len(i) == 23 and i[8] == "T" and i[15:17] == "Z-" for i in ids)
+    assert [r.run_id for r in ledger.list_runs()] == ids
+    created = [r.created_at for r in ledger.list_runs()]
+    assert created == sorted(created)
+    compact = [f"{c[:4]}{c[5:7]}{c[8:10]}T{c[11:13]}{c[14:16]}{c[17:19]}Z" for c in created]
+    assert [i[:16] for i in ids] == compact
+
+
+def test_source_is_imported_only_when_complete_and_all_accepted(ledger: Ledger) -> None:
+    """imported_sources names a source only once fully chunked with every chunk accepted."""
+    run = new_run(ledger, sources=3)
+    ok = [make_chunk(source_index=0, seq=i) for i in range(2)]
+    for c in ok:
+        sent(ledger, run, c, ACCEPTED)
+    sent(ledger, run, make_chunk(source_index=1), ACCEPTED)
+    sent(ledger, run, make_chunk(source_index=2), FAILED)
+    fps = ["fp0", "fp1", "fp2", "fp-unknown"]
+
+    assert ledger.imported_sources(fps) == {}  # nothing completely chunked yet
+    ledger.set_source_counts(run, 0, rows_read=10, rows_rejected=1, chunks_total=2)
+    ledger.set_source_counts(run, 1, rows_read=10, rows_rejected=0, chunks_total=None)
+    ledger.set_source_counts(run, 2, rows_read=10, rows_rejected=0, chunks_total=1)
+    assert ledger.imported_sources(fps) == {"fp0": run}
+    assert ledger.imported_sources(fps, exclude_run=run) == {}
+    ledger.set_source_counts(run, 0, rows_read=10, rows_rejected=1, chunks_total=3)
+    assert ledger.imported_sources(fps) == {}  # one chunk of it never got recorded
+
+
+def test_source_with_no_chunks_counts_as_imported(ledger: Ledger) -> None:
+    """A completely read source that yielded no chunk (all rows rejected) is imported."""
+    run = new_run(ledger)
+    ledger.set_source_counts(run, 0, rows_read=4, rows_rejected=4, chunks_total=0)
+    assert ledger.imported_sources(["fp0"]) == {"fp0": run}
+
+
+def test_latest_run_with_failures_is_what_retry_picks(ledger: Ledger) -> None:
+    """Without --run, retry gets the latest run that has failed, refused or ambiguous chunks."""
+    assert ledger.latest_run_with_failures() is None
+    first = new_run(ledger)
+    sent(ledger, first, make_chunk(), FAILED)
+    second = new_run(ledger)
+    sent(ledger, second, make_chunk(), ACCEPTED)
+    found = ledger.latest_run_with_failures()
+    assert found is not None and found.run_id == first
+
+
+def test_settings_never_store_a_key(ledger_path: Path) -> None:
+    """A settings entry named like a secret never reaches the ledger file."""
+    with Ledger.open(ledger_path) as led:
+        led.create_run(
+            source_key="k",
+            mapping_hash="m",
+            chunk_key="c",
+            shard="1/2",
+            settings={"api_key": "sk-SECRET-123", "timeout": 30},
+            base_url="http://127.0.0.1:1",
+            workspace="W",
+            api_version="test",
+            sources=[],
+        )
+    assert b"sk-SECRET-123" not in ledger_path.read_bytes()
+    assert raw(ledger_path, "SELECT settings, shard FROM runs") == [('{"timeout":30}', "1/2")]
+
+
+def test_run_report_counts_chunks_items_and_errors(ledger: Ledger) -> None:
+    """ledger show's report has per-status chunk counts, totals and is JSON-serialisable."""
+    run = new_run(ledger)
+    a, b = make_chunk(), make_chunk(distinct_ids=["x", "y"])
+    with_errors = ChunkOutcome(
+        status=ChunkStatus.ACCEPTED,
+        attempts=1,
+        http_status=202,
+        item_errors=(ItemError(index=1, operator="$add", status="invalid"),),
+    )
+    sent(ledger, run, a, with_errors)
+    sent(ledger, run, b, FAILED)
+    ledger.set_source_counts(run, 0, rows_read=6, rows_rejected=1, chunks_total=2)
+
+    report = ledger.run_report(run)
+    json.dumps(report)
+    assert report["chunks"]["accepted"] == 1 and report["chunks"]["failed"] == 1
+    assert report["chunks"]["ambiguous"] == 0
+    assert (report["items"], report["items_accepted"], report["item_errors"]) == (5, 3, 1)
+    assert report["bytes"] == len(a.body) + len(b.body)
+    assert report["attempts"] == 8
+    assert report["sources"] == [
+        {
+            "idx": 0,
+            "source": "s0.csv",
+            "fingerprint": "fp0",
+            "status": "chunked",
+            "rows_read": 6,
+            "rows_rejected": 1,
+            "chunks_total": 2,
+            "chunks_accepted": 1,
+        }
+    ]
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def test_export_failures_writes_failed_items_and_item_errors(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """The failures CSV has the exact columns, a line per failed item and per item error."""
+    run = new_run(ledger, sources=2)
+    failed = make_chunk(distinct_ids=["p1", "p2"], rows=[4, 5], source_index=1, source="s1.csv")
+    sent(ledger, run, failed, FAILED)
+    partly = make_chunk(distinct_ids=["q1", "q2", "q3"], rows=[1, 2, 3])
+    sent(
+        ledger,
+        run,
+        partly,
+        ChunkOutcome(
+            status=ChunkStatus.ACCEPTED,
+            attempts=1,
+            http_status=202,
+            item_errors=(ItemError(index=2, operator="$add", status="not_a_number"),),
+        ),
+    )
+    sent(ledger, run, make_chunk(), ACCEPTED)  # fully accepted: not exported
+
+    out = tmp_path / "failures.csv"
+    assert ledger.export_failures(out, run) == 3
+    fid, pid = failed.chunk_id, partly.chunk_id
+    assert out.read_text().splitlines() == [
+        "run_id,chunk_id,source,row,distinct_id,status,http_status,error",
+        f"{run},{fid},s1.csv,4,p1,failed,503,503 Service Unavailable",
+        f"{run},{fid},s1.csv,5,p2,failed,503,503 Service Unavailable",
+        f"{run},{pid},s0.csv,3,q3,item_error,202,$add: not_a_number",
+    ]
+    assert mode(out) == 0o600
+
+
+def test_export_failures_quotes_awkward_ids_and_covers_all_runs(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """Without a run, every run's open chunks are exported; commas and newlines survive."""
+    first, second = new_run(ledger), new_run(ledger)
+    sent(ledger, first, make_chunk(distinct_ids=['a,"b"\nc']), FAILED)
+    maybe = make_chunk(distinct_ids=["z"], has_add=True)
+    ledger.record_in_flight(second, maybe)
+    ledger.mark_ambiguous(second, maybe.chunk_id, "dropped connection")
+    out = tmp_path / "all.csv"
+    assert ledger.export_failures(out) == 2
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run_id"], r["distinct_id"], r["status"]) for r in rows] == [
+        (first, 'a,"b"\nc', "failed"),
+        (second, "z", "ambiguous"),
+    ]
+    with pytest.raises(LedgerError, match="no run nope"):
+        ledger.export_failures(out, "nope")
+
+
+# -- resolve -----------------------------------------------------------------------------------
+
+
+def test_resolve_closes_ambiguous_failed_and_refused_chunks(ledger: Ledger) -> None:
+    """Ambiguous, failed or refused chunks resolve as accepted or abandoned, nothing else."""
+    run = new_run(ledger)
+    ambiguous, failed, accepted = make_chunk(has_add=True), make_chunk(), make_chunk()
+    ledger.record_in_flight(run, ambiguous)
+    ledger.mark_ambiguous(run, ambiguous.chunk_id, "502")
+    sent(ledger, run, failed, FAILED)
+    sent(ledger, run, accepted, ACCEPTED)
+
+    ledger.resolve(run, ambiguous.chunk_id, ChunkStatus.ACCEPTED)
+    ledger.resolve(run, failed.chunk_id, ChunkStatus.ABANDONED)
+    statuses = ledger.chunk_statuses(run)
+    assert statuses[ambiguous.chunk_id] is ChunkStatus.ACCEPTED
+    assert statuses[failed.chunk_id] is ChunkStatus.ABANDONED
+    assert raw(ledger.path, "SELECT body FROM chunks WHERE chunk_id=?", ambiguous.chunk_id) == [
+        (None,)
+    ]
+
+    with pytest.raises(LedgerError, match=f"chunk {accepted.chunk_id} of run {run} is accepted"):
+        ledger.resolve(run, accepted.chunk_id, ChunkStatus.ABANDONED)
+    with pytest.raises(LedgerError, match="only as accepted or abandoned"):
+        ledger.resolve(run, failed.chunk_id, ChunkStatus.FAILED)
+    with pytest.raises(LedgerError, match="has no chunk nope"):
+        ledger.resolve(run, "nope", ChunkStatus.ACCEPTED)
+    with pytest.raises(LedgerError, match="no run run-nope"):
+        ledger.resolve("run-nope", failed.chunk_id, ChunkStatus.ACCEPTED)
+    assert ledger.lock_path.exists()  # resolve takes the run lock
+
+
+# -- profiles_superseded -----------------------------------------------------------------------
+
+
+def test_profiles_superseded_counts_later_accepted_updates_only(ledger: Ledger) -> None:
+    """A failed chunk's profile updated later by an accepted chunk counts; the others don't."""
+    run = new_run(ledger)
+    failed = make_chunk(distinct_ids=["alice", "bob", "carol", "alice"])
+    sent(ledger, run, failed, FAILED)
+    earlier_run_later = new_run(ledger)
+    sent(ledger, earlier_run_later, make_chunk(distinct_ids=["alice", "zed"]), ACCEPTED)
+    sent(ledger, run, make_chunk(distinct_ids=["bob"]), FAILED)  # later but not accepted
+
+    assert ledger.profiles_superseded(run, [failed.chunk_id]) == 1  # alice only
+
+    sent(ledger, run, make_chunk(distinct_ids=["bob", "alice"]), ACCEPTED)
+    assert ledger.profiles_superseded(run, [failed.chunk_id]) == 2
+    assert ledger.profiles_superseded(run, []) == 0
+
+
+def test_profiles_superseded_ignores_updates_sent_before_the_chunk(ledger: Ledger) -> None:
+    """An accepted chunk sent before the failed chunk's last sending does not count."""
+    run = new_run(ledger)
+    sent(ledger, run, make_chunk(distinct_ids=["dana"]), ACCEPTED)
+    failed = make_chunk(distinct_ids=["dana"])
+    sent(ledger, run, failed, FAILED)
+    assert ledger.profiles_superseded(run, [failed.chunk_id]) == 0
+    with pytest.raises(LedgerError, match="no chunk ghost"):
+        ledger.profiles_superseded(run, ["ghost"])
+
+
+# -- the file ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """Run the test under a permissive umask (022), as many shells have."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("loose_umask")
+def test_ledger_lock_and_sidecars_are_owner_only(ledger_path: Path) -> None:
+    """The ledger, its -wal/-shm sidecars and the lock file are created 0600."""
+    with Ledger.open(ledger_path) as led:
+        led.lock_for_run()
+        sent(led, new_run(led), make_chunk(), FAILED)
+        wal, shm = Path(f"{ledger_path}-wal"), Path(f"{ledger_path}-shm")
+        assert wal.exists() and shm.exists()
+        assert {p.name: mode(p) for p in (ledger_path, wal, shm, led.lock_path)} == {
+            p.name: 0o600 for p in (ledger_path, wal, shm, led.lock_path)
+        }
+
+
+def test_ledger_survives_reopen(ledger_path: Path) -> None:
+    """Runs and chunks written before close are there after reopening."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+        chunk = make_chunk()
+        sent(led, run, chunk, FAILED)
+    with Ledger.open(ledger_path, create=False) as led:
+        assert led.chunk_statuses(run) == {chunk.chunk_id: ChunkStatus.FAILED}
+    assert raw(ledger_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_missing_ledger_without_create_is_an_error(tmp_path: Path) -> None:
+    """Reading commands on a missing ledger say so, and create nothing."""
+    path = tmp_path / "nothing.db"
+    with pytest.raises(LedgerError, match=f"no ledger at {path}"):
+        Ledger.open(path, create=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [os.urandom(4096), b"SQLite format 3\x00short", b"id,email\n1,a@example.com\n"],
+    ids=["random-bytes", "truncated-header", "csv"],
+)
+def test_non_sqlite_file_is_refused_and_left_alone(tmp_path: Path, content: bytes) -> None:
+    """A file that is not a SQLite database is refused with a hint, byte for byte unchanged."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    with pytest.raises(LedgerCorruptError, match="not a SQLite database") as info:
+        Ledger.open(path)
+    assert str(path) in str(info.value) and "use another --ledger path" in str(info.value)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
+
+
+def test_empty_file_becomes_a_ledger(tmp_path: Path) -> None:
+    """A 0-byte file (such as one left by a crash while creating) is initialised."""
+    path = tmp_path / "empty.db"
+    path.touch()
+    with Ledger.open(path) as led:
+        assert led.list_runs() == []
+
+
+def test_other_applications_sqlite_db_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """A SQLite database of another application is refused, unchanged, no journal mode set."""
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE runs (id INTEGER)")
+    conn.execute("INSERT INTO runs VALUES (1)")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    with pytest.raises(LedgerCorruptError, match="another application") as info:
+        Ledger.open(path)
+    assert "never overwrites" in str(info.value)
+    assert digest(path) == before
+    assert raw(path, "PRAGMA journal_mode") == [("delete",)]
+
+
+def test_newer_schema_is_refused_and_left_alone(ledger_path: Path) -> None:
+    """A ledger written by a newer fyno-import is refused with 'upgrade', unchanged."""
+    with Ledger.open(ledger_path) as led:
+        new_run(led)
+    conn = sqlite3.connect(ledger_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = digest(ledger_path)
+    with pytest.raises(LedgerSchemaError, match="newer fyno-import") as info:
+        Ledger.open(ledger_path)
+    assert "upgrade" in str(info.value)
+    assert digest(ledger_path) == before
+
+
+# -- locking -----------------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from importer.ledger import Ledger
+    from importer.model import Chunk
+    led = Ledger.open(Path(sys.argv[1]))
+    led.lock_for_run()
+    run = led.create_run(source_key="k", mapping_hash="m", chunk_key="c", shard=None,
+        settings={}, base_url="http://127.0.0.1:9", workspace="W", api_version="live",
+        sources=[("s.csv", "fp")])
+    led.record_in_flight(run, Chunk(chunk_id="c1", source_index=0, source="s.csv", lane=0,
+        seq=0, body=b'{"batch":[]}', rows=[1], distinct_ids=["u"], has_add=True))
+    print(run, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.fixture
+def holder(ledger_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Another process that holds the run lock with a chunk in flight; killed afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(ledger_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        assert run_id, "the lock-holding process did not start"
+        yield proc, run_id
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_lock_held_by_another_process_then_released_by_kill_9(
+    ledger_path: Path, holder: tuple[subprocess.Popen[str], str]
+) -> None:
+    """A second run is refused naming the holder's pid; after kill -9 it can take the lock."""
+    proc, run_id = holder
+    with Ledger.open(ledger_path) as led:
+        with pytest.raises(LedgerLockedError, match=f"in use by another run \\(pid {proc.pid}\\)"):
+            led.lock_for_run()
+        # read-only commands need no lock, and see the holder's committed in-flight record
+        assert led.chunk_statuses(run_id) == {"c1": ChunkStatus.IN_FLIGHT}
+
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        led.lock_for_run()
+        led.lock_for_run()  # idempotent within the process
+        (chunk,) = led.load_chunks(run_id, {ChunkStatus.IN_FLIGHT})
+        assert chunk.body == b'{"batch":[]}' and chunk.has_add
+    assert mode(ledger_path.with_name(ledger_path.name + ".lock")) == 0o600
+
+
+# -- write failures ----------------------------------------------------------------------------
+
+
+def test_full_database_raises_ledger_write_error_and_recovers(ledger: Ledger) -> None:
+    """When SQLite reports the disk full, recording fails with LedgerWriteError, not silently."""
+    run = new_run(ledger)
+    ok = make_chunk()
+    ledger.record_in_flight(run, ok)
+    # max_page_count makes SQLite itself answer SQLITE_FULL, as on a full disk (no public knob).
+    (pages,) = ledger._conn.execute("PRAGMA page_count").fetchone()
+    ledger._conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = make_chunk(distinct_ids=[os.urandom(40).hex() for _ in range(2000)])
+
+    with pytest.raises(LedgerWriteError) as info:
+        ledger.record_in_flight(run, big)
+    message = str(info.value)
+    assert str(ledger.path) in message and "full" in message
+    assert big.distinct_ids[0] not in message
+    assert big.chunk_id not in ledger.chunk_statuses(run)  # nothing half-written
+
+    ledger._conn.execute("PRAGMA max_page_count = 1073741823")
+    ledger.record_in_flight(run, big)  # the ledger is usable again once there is space
+    assert ledger.chunk_statuses(run)[big.chunk_id] is ChunkStatus.IN_FLIGHT
+
+
+def test_file_size_limit_io_error_raises_ledger_write_error(ledger: Ledger) -> None:
+    """A real write() failure (EFBIG from RLIMIT_FSIZE) surfaces as LedgerWriteError."""
+    run = new_run(ledger)
+    sent(ledger, run, make_chunk(), ACCEPTED)
+    big = make_chunk(distinct_ids=[os.urandom(40).hex() for _ in range(3000)])
+    wal = Path(f"{ledger.path}-wal")
+    limit = max(ledger.path.stat().st_size, wal.stat().st_size) + 4096
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(LedgerWriteError, match="could not write chunk"):
+            ledger.record_in_flight(run, big)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    ledger.record_in_flight(run, big)
+    assert ledger.chunk_statuses(run)[big.chunk_id] is ChunkStatus.IN_FLIGHT
+
+
+# -- property ----------------------------------------------------------------------------------
+
+
+def test_any_body_and_ids_round_trip_exactly(ledger: Ledger) -> None:
+    """Arbitrary bodies and unicode ids (newlines, NUL, astral) come back byte for byte."""
+    run = new_run(ledger, sources=2)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        body=st.binary(max_size=5000),
+        ids=st.lists(st.text(max_size=40), min_size=1, max_size=60),
+        first_row=st.integers(min_value=1, max_value=2**53),
+        lane=st.integers(min_value=0, max_value=63),
+        has_add=st.booleans(),
+        source_index=st.sampled_from([0, 1]),
+    )
+    @example(
+        body=b"\x00\n\r\xff",
+        ids=["nul\x00inside", "line\nbreak", "crlf\r\n", "😀", "", " padded "],
+        first_row=1,
+        lane=0,
+        has_add=True,
+        source_index=0,
+    )
+    def check(
+        body: bytes, ids: list[str], first_row: int, lane: int, has_add: bool, source_index: int
+    ) -> None:
+        chunk = Chunk(
+            chunk_id=f"h-{next(_ids)}",
+            source_index=source_index,
+            source=f"s{source_index}.csv",
+            lane=lane,
+            seq=0,
+            body=body,
+            rows=[first_row + i for i in range(len(ids))],
+            distinct_ids=ids,
+            has_add=has_add,
+        )
+        ledger.record_in_flight(run, chunk)
+        ledger.record_outcome(run, chunk, FAILED)
+        assert list(ledger.load_chunks(run, {ChunkStatus.FAILED})) == [chunk]
+        ledger.resolve(run, chunk.chunk_id, ChunkStatus.ABANDONED)  # keep the next lookup small
+
+    check()
