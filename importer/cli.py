@@ -134,6 +134,9 @@ class RichReporter:
         self.retries += 1
         self._update_chunks()
 
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """Structured events are for --log-format json; the terminal shows the bar instead."""
+
     def _update_chunks(self) -> None:
         if self._progress is not None and self._task is not None:
             text = f"chunks ok {self.accepted} failed {self.failed}"

@@ -65,6 +65,8 @@ class Reporter(Protocol):
     def rows(self, count: int) -> None: ...
     def chunk(self, status: ChunkStatus) -> None: ...
     def retry(self, reason: str) -> None: ...
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """A structured event for logs: run_started, source_skipped, chunk_settled (not ok)."""
 
 
 class NullReporter:
@@ -84,6 +86,9 @@ class NullReporter:
 
     def retry(self, reason: str) -> None:
         """Ignore a retry."""
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """Ignore a structured event."""
 
 
 @dataclass
@@ -497,6 +502,20 @@ class _LedgerRecorder:
         """Write the final answer, then show it."""
         self.ledger.record_outcome(self.run_id, chunk, outcome)
         self.reporter.chunk(outcome.status)
+        if outcome.status is not ChunkStatus.ACCEPTED or outcome.item_errors:
+            self.reporter.event(
+                "chunk_settled",
+                {
+                    "run_id": self.run_id,
+                    "chunk_id": chunk.chunk_id,
+                    "source": chunk.source,
+                    "status": str(outcome.status),
+                    "http_status": outcome.http_status,
+                    "attempts": outcome.attempts,
+                    "item_errors": len(outcome.item_errors),
+                    "error": outcome.error,
+                },
+            )
 
 
 def _client(target: Target, config: SendConfig) -> httpx.AsyncClient:
@@ -716,6 +735,9 @@ def _run(
                 )
                 if earlier is not None:
                     summary.sources_skipped += 1
+                    reporter.event(
+                        "source_skipped", {"source": item.source.name, "imported_by": earlier}
+                    )
                     reporter.notice(
                         f"skipped {item.source.name}: already imported by run {earlier} "
                         "(--force imports it again)"
@@ -748,6 +770,16 @@ def _run(
                 )
             summary.run_id = run_id
             ledger.mark_run(run_id, "running")
+            reporter.event(
+                "run_started",
+                {
+                    "run_id": run_id,
+                    "resumed": resumable is not None,
+                    "sources": [p.source.name for p in todo],
+                    "rows_valid": summary.rows_valid,
+                    "chunks_total": summary.chunks_total,
+                },
+            )
             _send_run(ledger, run_id, prepared, todo, options, summary, reporter, target)
     finally:
         for source in sources:
@@ -884,6 +916,7 @@ def retry_failed(
             reporter.notice(f"no run in {options.ledger} has failed chunks: nothing to retry")
             return summary
         summary.run_id = run.run_id
+        reporter.event("retry_started", {"run_id": run.run_id})
         for name, given, recorded in (
             ("base URL", options.base_url, run.base_url),
             ("workspace", options.workspace, run.workspace),
