@@ -90,7 +90,8 @@ def _reason(column: str, value: pl.Expr, problem: str) -> pl.Expr:
 def _json_value(value: pl.Expr) -> pl.Expr:
     """JSON text of a value (string, list, …), encoded by polars: ``{"v":X}`` minus the wrapper."""
     wrapped = pl.struct(value.alias("v")).struct.json_encode()
-    return wrapped.str.slice(5).str.head(-1)
+    # json_encode writes a null as `null`; a null must stay null so the property is left out
+    return pl.when(value.is_not_null()).then(wrapped.str.slice(5).str.head(-1))
 
 
 def _quoted(text: pl.Expr) -> pl.Expr:
@@ -125,25 +126,43 @@ def _parse_datetime(text: pl.Expr, fmt: str | None) -> pl.Expr:
 
     if fmt is not None:
         return aware(fmt, text) if "%z" in fmt or "%:z" in fmt else naive(fmt, text)
-    iso = text.str.replace(r"[zZ]$", "+00:00").str.replace(r"^(\d{4}-\d\d-\d\d)[ t]", "${1}T")
-    return pl.coalesce(
-        aware("%Y-%m-%dT%H:%M:%S%.f%:z", iso),
-        aware("%Y-%m-%dT%H:%M:%S%.f%z", iso),
-        aware("%Y-%m-%dT%H:%M%:z", iso),
-        naive("%Y-%m-%dT%H:%M:%S%.f", iso),
-        naive("%Y-%m-%dT%H:%M", iso),
-        iso.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")),
+    # Rewrite every ISO 8601 variant to one layout, then parse once: a few regex passes cost
+    # far less than trying several parse formats on every value.
+    canonical = (
+        text.str.replace(r"^(\d{4}-\d\d-\d\d)[ tT]", "${1}T")
+        .str.replace(r"^(\d{4}-\d\d-\d\d)$", "${1}T00:00:00")
+        .str.replace(r"T(\d\d:\d\d)([-+zZ]|$)", "T${1}:00${2}")
+        .str.replace(r"[zZ]$", "+00:00")
+        .str.replace(r"([+-]\d\d):?(\d\d)?$", "${1}:${2}")
+        .str.replace(r":$", ":00")
+        .str.replace(r"(T[\d:.]+)$", "${1}+00:00")
     )
+    return aware("%Y-%m-%dT%H:%M:%S%.f%:z", canonical)
 
 
 @dataclass(frozen=True, slots=True)
 class _Converted:
     json: pl.Expr  # JSON text of the value; null when the input is null or invalid
-    error: pl.Expr  # reason the value is invalid; null when valid or null
+    invalid: pl.Expr  # true when the value breaks a rule (null counts as false)
+    reason: pl.Expr  # why, for a person; evaluated only on the rejected rows
+    # Expensive intermediates (a parsed timestamp) that `json` and `invalid` read by name:
+    # computed once per batch, since polars' CSE does not reach inside nested when/concat_str.
+    prepared: tuple[tuple[str, pl.Expr], ...] = ()
+
+
+def _prepare(expr: pl.Expr, scratch: str | None) -> tuple[pl.Expr, tuple[tuple[str, pl.Expr], ...]]:
+    """Use ``expr`` through a scratch column when one is given (not inside ``list.eval``)."""
+    if scratch is None:
+        return expr, ()
+    return pl.col(scratch), ((scratch, expr),)
 
 
 def _convert(
-    value: pl.Expr, dtype: pl.DataType, vtype: ValueType, spec: PropertySpec
+    value: pl.Expr,
+    dtype: pl.DataType,
+    vtype: ValueType,
+    spec: PropertySpec,
+    scratch: str | None = None,
 ) -> _Converted:
     """Check and JSON-encode one cell (or split piece) by the mapping's value type."""
     if vtype == "string":
@@ -151,11 +170,15 @@ def _convert(
     if vtype in ("integer", "number"):
         if dtype.is_numeric():
             return _convert_numeric_column(value, dtype, integer=vtype == "integer", spec=spec)
-        return _convert_number_text(value, dtype, integer=vtype == "integer", spec=spec)
+        return _convert_number_text(
+            value, dtype, integer=vtype == "integer", spec=spec, scratch=scratch
+        )
     if vtype == "boolean":
         return _convert_boolean(value, dtype, spec)
     if vtype in ("date", "datetime"):
-        return _convert_temporal(value, dtype, date_only=vtype == "date", spec=spec)
+        return _convert_temporal(
+            value, dtype, date_only=vtype == "date", spec=spec, scratch=scratch
+        )
     return _convert_list(value, spec)
 
 
@@ -165,7 +188,9 @@ def _convert_string(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> _
     else:
         text = value if dtype == pl.String else value.cast(pl.String)
     if spec.on_too_long == "truncate":
-        return _Converted(_json_value(text.str.slice(0, MAX_STRING)), pl.lit(None, pl.String))
+        return _Converted(
+            _json_value(text.str.slice(0, MAX_STRING)), pl.lit(False), pl.lit(None, pl.String)
+        )
     too_long = text.str.len_chars() > MAX_STRING
     problem = pl.concat_str(
         [
@@ -174,7 +199,7 @@ def _convert_string(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> _
             pl.lit(f" characters, over Fyno's {MAX_STRING} (or set on_too_long: truncate)"),
         ]
     )
-    return _Converted(pl.when(~too_long).then(_json_value(text)), pl.when(too_long).then(problem))
+    return _Converted(pl.when(~too_long).then(_json_value(text)), too_long, problem)
 
 
 def _convert_numeric_column(
@@ -190,13 +215,11 @@ def _convert_numeric_column(
     else:
         ok, out = finite, number.cast(pl.String)
         problem = "is not a finite number"
-    return _Converted(
-        pl.when(ok).then(out), pl.when(~ok).then(_reason(spec.column, value, problem))
-    )
+    return _Converted(pl.when(ok).then(out), ~ok, _reason(spec.column, value, problem))
 
 
 def _convert_number_text(
-    value: pl.Expr, dtype: pl.DataType, *, integer: bool, spec: PropertySpec
+    value: pl.Expr, dtype: pl.DataType, *, integer: bool, spec: PropertySpec, scratch: str | None
 ) -> _Converted:
     """Numbers written as text: no thousands separators, no NaN or infinity; 1e3 is 1000."""
     text = (value if dtype == pl.String else value.cast(pl.String)).str.strip_chars()
@@ -218,14 +241,16 @@ def _convert_number_text(
         .then(_reason(spec.column, value, problem + " (no thousands separators)"))
         .otherwise(_reason(spec.column, value, problem))
     )
-    return _Converted(
-        parsed.cast(pl.String), pl.when(value.is_not_null() & parsed.is_null()).then(reason)
-    )
+    parsed, prepared = _prepare(parsed, scratch)
+    invalid = value.is_not_null() & parsed.is_null()
+    return _Converted(parsed.cast(pl.String), invalid, reason, prepared)
 
 
 def _convert_boolean(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> _Converted:
     if dtype == pl.Boolean:
-        return _Converted(value.cast(pl.String).str.to_lowercase(), pl.lit(None, pl.String))
+        return _Converted(
+            value.cast(pl.String).str.to_lowercase(), pl.lit(False), pl.lit(None, pl.String)
+        )
     text = value.cast(pl.String).str.strip_chars().str.to_lowercase()
     parsed: pl.Expr = (
         pl.when(text.is_in(_TRUE))
@@ -234,11 +259,11 @@ def _convert_boolean(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> 
         .then(pl.lit("false"))
     )
     reason = _reason(spec.column, value, "is not a boolean (true/false, yes/no, y/n, t/f, 1/0)")
-    return _Converted(parsed, pl.when(value.is_not_null() & parsed.is_null()).then(reason))
+    return _Converted(parsed, value.is_not_null() & parsed.is_null(), reason)
 
 
 def _convert_temporal(
-    value: pl.Expr, dtype: pl.DataType, *, date_only: bool, spec: PropertySpec
+    value: pl.Expr, dtype: pl.DataType, *, date_only: bool, spec: PropertySpec, scratch: str | None
 ) -> _Converted:
     """Dates out as 2024-03-01, datetimes as UTC with Z; typed Parquet columns used as they are."""
     if dtype == pl.Date:
@@ -251,11 +276,12 @@ def _convert_temporal(
             stamp = text.str.to_date(spec.format, strict=False).cast(pl.Datetime("us"))
         else:
             stamp = _parse_datetime(text, spec.format)
+    stamp, prepared = _prepare(stamp, scratch)
     kind = "date" if date_only else "datetime"
     layout = f" in format {spec.format}" if spec.format else " (ISO 8601, or set format:)"
     out = _quoted(stamp.dt.to_string("%Y-%m-%d")) if date_only else _quoted(_datetime_text(stamp))
     reason = _reason(spec.column, value, f"is not a {kind}{layout}")
-    return _Converted(out, pl.when(value.is_not_null() & stamp.is_null()).then(reason))
+    return _Converted(out, value.is_not_null() & stamp.is_null(), reason, prepared)
 
 
 def _convert_list(value: pl.Expr, spec: PropertySpec) -> _Converted:
@@ -263,9 +289,7 @@ def _convert_list(value: pl.Expr, spec: PropertySpec) -> _Converted:
     longest = value.list.eval(pl.element().cast(pl.String).str.len_chars()).list.max()
     too_long = longest.fill_null(0) > MAX_STRING
     problem = f"column {spec.column}: a list element is over Fyno's {MAX_STRING} characters"
-    return _Converted(
-        pl.when(~too_long).then(_json_value(value)), pl.when(too_long).then(pl.lit(problem))
-    )
+    return _Converted(pl.when(~too_long).then(_json_value(value)), too_long, pl.lit(problem))
 
 
 def _pieces(value: pl.Expr, split: str) -> pl.Expr:
@@ -278,12 +302,22 @@ def _pieces(value: pl.Expr, split: str) -> pl.Expr:
 
 
 @dataclass(frozen=True, slots=True)
+class _Check:
+    """One rule for one column: a cheap flag for every row, a reason only for rejected rows."""
+
+    column: str
+    invalid: pl.Expr
+    reason: pl.Expr
+
+
+@dataclass(frozen=True, slots=True)
 class _Column:
     """One mapped column's contribution to a row: fragments for its operator, and errors."""
 
     spec: PropertySpec
     op: Operator
-    error: pl.Expr  # reason the row is invalid because of this column, or null
+    checks: list[_Check]  # the rules this column's cell must pass
+    prepared: tuple[tuple[str, pl.Expr], ...]  # scratch columns its expressions read
     fragment: pl.Expr | None  # `"name":value` for the first item (scalar columns), or null
     pieces: pl.Expr | None  # list of `"name":value` fragments, one per item (spreading columns)
     unset_names: pl.Expr | None  # JSON names (`"a","b"`) this column clears, or null
@@ -332,53 +366,70 @@ class Transformer:
         is_null = raw.is_null()
         if dtype == pl.String and vtype != "string":
             is_null = is_null | (raw.str.strip_chars() == "")
-        errors: list[pl.Expr] = []
+        checks: list[_Check] = []
+
+        def check(invalid: pl.Expr, reason: pl.Expr) -> None:
+            checks.append(_Check(spec.column, invalid, reason))
+
         unset: list[pl.Expr] = []
+        prepared: tuple[tuple[str, pl.Expr], ...] = ()
         if spec.on_null == "reject":
-            errors.append(
-                pl.when(is_null).then(pl.lit(f"column {spec.column}: empty (on_null: reject)"))
-            )
+            check(is_null, pl.lit(f"column {spec.column}: empty (on_null: reject)"))
         elif spec.on_null == "unset" and spec.op != "unset":
             unset.append(pl.when(is_null).then(pl.lit(name_json)))
 
-        fragment = pieces = None
+        fragment: pl.Expr | None = None
+        pieces: pl.Expr | None = None
         if spec.op == "unset":
             if spec.split is not None:
                 names = _pieces(raw, spec.split)
                 too_long = names.list.eval(pl.element().str.len_chars()).list.max() > MAX_STRING
-                errors.append(
-                    pl.when(too_long.fill_null(False)).then(
-                        pl.lit(f"column {spec.column}: a property name is over 255 characters")
-                    )
+                check(
+                    too_long,
+                    pl.lit(f"column {spec.column}: a property name is over 255 characters"),
                 )
                 encoded = _json_value(names).str.slice(1).str.head(-1)
                 unset.append(pl.when(names.list.len() > 0).then(encoded))
             else:
                 flag = _convert(raw, dtype, "boolean", spec)
-                errors.append(flag.error)
+                check(~is_null & flag.invalid, flag.reason)
                 unset.append(pl.when(flag.json == "true").then(pl.lit(name_json)))
         elif spec.split is not None and spec.op in ("append", "remove"):
             ptype: ValueType = "string" if vtype == "list" else vtype
             piece = _convert(pl.element(), pl.String(), ptype, spec)
             split = _pieces(raw, spec.split)
-            errors.append(split.list.eval(piece.error).list.drop_nulls().list.first())
-            pieces = split.list.eval(pl.lit(name_json + ":") + piece.json)
+            check(
+                split.list.eval(piece.invalid).list.any(),
+                split.list.eval(pl.when(piece.invalid).then(piece.reason))
+                .list.drop_nulls()
+                .list.first(),
+            )
+            pieces = split.list.eval(pl.concat_str([pl.lit(name_json + ":"), piece.json]))
         elif spec.split is not None:  # a list for set/once, from a split cell
             piece = _convert(pl.element(), pl.String(), "string", spec)
             split = _pieces(raw, spec.split)
-            errors.append(split.list.eval(piece.error).list.drop_nulls().list.first())
+            check(
+                split.list.eval(piece.invalid).list.any(),
+                split.list.eval(pl.when(piece.invalid).then(piece.reason))
+                .list.drop_nulls()
+                .list.first(),
+            )
             values = split.list.eval(pl.element().str.slice(0, MAX_STRING))
-            fragment = pl.when(~is_null).then(pl.lit(name_json + ":") + _json_value(values))
+            fragment = pl.when(~is_null).then(
+                pl.concat_str([pl.lit(name_json + ":"), _json_value(values)])
+            )
         else:
-            converted = _convert(raw, dtype, vtype, spec)
-            errors.append(pl.when(~is_null).then(converted.error))
-            fragment = pl.when(~is_null).then(pl.lit(name_json + ":") + converted.json)
+            converted = _convert(raw, dtype, vtype, spec, scratch=f"__v{index}__")
+            check(~is_null & converted.invalid, converted.reason)
+            prepared = converted.prepared
+            # a null value gives a null json, and concat_str passes the null on: property left out
+            fragment = pl.concat_str([pl.lit(name_json + ":"), converted.json])
 
-        error = pl.concat_str(errors, separator="; ", ignore_nulls=True) if errors else None
         return _Column(
             spec=spec,
             op=spec.op,
-            error=_empty_to_null(error) if error is not None else pl.lit(None, pl.String),
+            checks=checks,
+            prepared=prepared,
             fragment=fragment,
             pieces=pieces,
             unset_names=(
@@ -388,71 +439,76 @@ class Transformer:
             ),
         )
 
-    def _distinct_id(self) -> tuple[pl.Expr, pl.Expr]:
-        """The id as a trimmed string, and the reason it is unusable (or null)."""
+    def _distinct_id(self) -> tuple[pl.Expr, list[_Check]]:
+        """The id as a trimmed string, and the checks that reject an unusable one."""
         name = self.mapping.distinct_id
         dtype = self.schema[name]
         raw = pl.col(name)
         text: pl.Expr
-        error: pl.Expr
+        unusable: pl.Expr
         if dtype.is_decimal():
             # from the Decimal's own digits: a float has 53 bits, and a NUMBER(38,0) id such as
             # 1234567890123456789 must not become 1234567890123456768 (another profile)
             digits = raw.cast(pl.String)
             whole = digits.str.extract(r"^([+-]?\d+)(?:\.0*)?$", 1)
             text = whole.str.replace(r"^\+", "").str.replace(r"^-0+$", "0")
-            error = pl.when(raw.is_not_null() & whole.is_null()).then(
-                _reason(name, raw, "is not a usable distinct_id (not a whole number)")
-            )
+            unusable = raw.is_not_null() & whole.is_null()
         elif dtype.is_float():
             number = raw.cast(pl.Float64)
             integral = number.is_finite() & (number.floor() == number) & (number.abs() < _MAX_I64)
             text = pl.when(integral).then(number.cast(pl.Int64, strict=False).cast(pl.String))
-            error = pl.when(raw.is_not_null() & ~integral).then(
-                _reason(name, raw, "is not a usable distinct_id (not a whole number)")
-            )
+            unusable = raw.is_not_null() & ~integral
         else:
             text = raw.cast(pl.String).str.strip_chars()
-            error = pl.lit(None, pl.String)
+            unusable = pl.lit(False)
+        missing = raw.is_null() | (raw.cast(pl.String).str.strip_chars() == "")
+        checks = [
+            _Check(name, missing, pl.lit(f"column {name}: distinct_id is empty")),
+            _Check(
+                name,
+                ~missing & unusable,
+                _reason(name, raw, "is not a usable distinct_id (not a whole number)"),
+            ),
+        ]
         empty = text.is_null() | (text == "")
-        error = (
-            pl.when(raw.is_null() | (raw.cast(pl.String).str.strip_chars() == ""))
-            .then(pl.lit(f"column {name}: distinct_id is empty"))
-            .otherwise(error)
-        )
-        return pl.when(~empty).then(text), error
+        return pl.when(~empty).then(text), checks
 
     def distinct_ids(self, batch: pl.DataFrame) -> pl.Series:
         """Each row's distinct_id exactly as it would be sent (null where it is unusable)."""
-        distinct_id, error = self._distinct_id()
-        return batch.select(
-            pl.when(error.is_null()).then(distinct_id).alias("distinct_id")
-        ).to_series()
+        distinct_id, checks = self._distinct_id()
+        bad = pl.any_horizontal([c.invalid.fill_null(False) for c in checks])
+        return batch.select(pl.when(~bad).then(distinct_id).alias("distinct_id")).to_series()
 
     # --- a batch --------------------------------------------------------------------------
 
     def apply(self, batch: pl.DataFrame) -> TransformResult:
         """Validate one batch of rows (with ``__row__``) and build the items of its valid rows."""
-        distinct_id, id_error = self._distinct_id()
-        errors = [id_error, *(c.error for c in self._columns)]
-        columns = [self.mapping.distinct_id, *(c.spec.column for c in self._columns)]
-        first_failing = pl.coalesce(
-            [
-                pl.when(e.is_not_null()).then(pl.lit(col))
-                for e, col in zip(errors, columns, strict=True)
-            ]
-        )
-        checked = batch.with_columns(
-            __reason__=_empty_to_null(pl.concat_str(errors, separator="; ", ignore_nulls=True)),
-            __column__=first_failing,
-        )
-        bad = checked.filter(pl.col("__reason__").is_not_null())
-        good = checked.filter(pl.col("__reason__").is_null())
-        items = self._items(good, distinct_id)
+        distinct_id, id_checks = self._distinct_id()
+        checks = [*id_checks, *(k for c in self._columns for k in c.checks)]
+        flags = [k.invalid.fill_null(False) for k in checks]
+        frame = batch.lazy()
+        prepared = [e.alias(name) for c in self._columns for name, e in c.prepared]
+        if prepared:  # parsed once, then read by both the checks and the JSON fragments
+            frame = frame.with_columns(prepared)
+        checked = frame.with_columns(
+            pl.any_horizontal(flags).alias("__bad__"),
+            distinct_id.alias("__id__"),
+            *(e.alias(name) for name, e in self._parts()),
+        ).collect()
+        bad = checked.filter(pl.col("__bad__"))
+        good = checked.filter(~pl.col("__bad__"))
+        items = self._items(good)
+        # reasons are strings built per row: only for the (few) rejected rows
         rejects = bad.select(
             pl.col(ROW).cast(pl.Int64),
-            pl.col("__column__").alias("column"),
-            pl.col("__reason__").alias("reason"),
+            pl.coalesce(
+                [pl.when(f).then(pl.lit(k.column)) for f, k in zip(flags, checks, strict=True)]
+            ).alias("column"),
+            pl.concat_str(
+                [pl.when(f).then(k.reason) for f, k in zip(flags, checks, strict=True)],
+                separator="; ",
+                ignore_nulls=True,
+            ).alias("reason"),
             _original_values(batch).alias("values"),
         )
         oversize = items.filter(pl.col("nbytes") > self.max_item_bytes)
@@ -481,71 +537,78 @@ class Transformer:
             rows_valid=good.height - (oversize[ROW].n_unique() if oversize.height else 0),
         )
 
-    def _items(self, good: pl.DataFrame, distinct_id: pl.Expr) -> pl.DataFrame:
-        frame = good.select(
+    def _parts(self) -> list[tuple[str, pl.Expr]]:
+        """Each column's JSON fragment (``__f``), split pieces (``__p``) and names to unset."""
+        parts: list[tuple[str, pl.Expr]] = []
+        for i, c in enumerate(self._columns):
+            if c.fragment is not None:
+                parts.append((f"__f{i}", c.fragment))
+            if c.pieces is not None:
+                parts.append((f"__p{i}", c.pieces))
+            if c.unset_names is not None:
+                parts.append((f"__u{i}", c.unset_names))
+        return parts
+
+    def _items(self, good: pl.DataFrame) -> pl.DataFrame:
+        """Assemble item JSON from the checked rows' fragments; each operator object once."""
+        frame = good.lazy().select(
             pl.col(ROW).cast(pl.Int64),
-            distinct_id.alias("distinct_id"),
-            *(
-                c.fragment.alias(f"__f{i}")
-                for i, c in enumerate(self._columns)
-                if c.fragment is not None
-            ),
-            *(
-                c.pieces.alias(f"__p{i}")
-                for i, c in enumerate(self._columns)
-                if c.pieces is not None
-            ),
-            *(
-                c.unset_names.alias(f"__u{i}")
-                for i, c in enumerate(self._columns)
-                if c.unset_names is not None
-            ),
+            pl.col("__id__").alias("distinct_id"),
+            *(pl.col(name) for name, _ in self._parts()),
         )
         piece_cols = [f"__p{i}" for i, c in enumerate(self._columns) if c.pieces is not None]
+
+        def first_item_only(expr: pl.Expr) -> pl.Expr:
+            return pl.when(pl.col("__k") == 0).then(expr) if piece_cols else expr
+
         if piece_cols:
             count = pl.max_horizontal([pl.col(p).list.len() for p in piece_cols])
-            frame = frame.with_columns(__k=pl.int_ranges(0, pl.max_horizontal(count, pl.lit(1))))
-            frame = frame.explode("__k")
-            first = pl.col("__k") == 0
-        else:
-            first = pl.lit(True)
+            frame = frame.with_columns(
+                __k=pl.int_ranges(0, pl.max_horizontal(count, pl.lit(1)))
+            ).explode("__k")
 
         by_op: dict[Operator, list[pl.Expr]] = {op: [] for op in OPERATORS}
         for i, c in enumerate(self._columns):
             if c.fragment is not None:
-                by_op[c.op].append(pl.when(first).then(pl.col(f"__f{i}")))
+                by_op[c.op].append(first_item_only(pl.col(f"__f{i}")))
             if c.pieces is not None:
                 by_op[c.op].append(pl.col(f"__p{i}").list.get(pl.col("__k"), null_on_oob=True))
             if c.unset_names is not None:
-                by_op["unset"].append(pl.when(first).then(pl.col(f"__u{i}")))
-        parts = []
-        for op in OPERATORS:
-            if not by_op[op]:
-                continue
-            body = _empty_to_null(pl.concat_str(by_op[op], separator=",", ignore_nulls=True))
-            opener, closer = ("[", "]") if op == "unset" else ("{", "}")
-            parts.append((op, pl.lit(f'"{OPERATOR_KEYS[op]}":{opener}') + body + pl.lit(closer)))
-        action = pl.concat_str([p for _, p in parts], separator=",", ignore_nulls=True)
-        add_part = next((p for op, p in parts if op == "add"), None)
-        items = frame.select(
-            pl.col(ROW),
-            pl.col("distinct_id"),
-            (
-                pl.lit('{"distinct_id":')
-                + _json_value(pl.col("distinct_id"))
-                + pl.lit(',"action":{')
-                + action
-                + pl.lit("}}")
-            ).alias("item"),
-            (action != "").alias("__nonempty"),
-            (add_part.is_not_null() if add_part is not None else pl.lit(False)).alias("has_add"),
-        ).filter(pl.col("__nonempty"))
-        return items.select(
+                by_op["unset"].append(first_item_only(pl.col(f"__u{i}")))
+        used = [op for op in OPERATORS if by_op[op]]
+        frame = frame.select(
             ROW,
             "distinct_id",
-            "item",
-            pl.col("item").str.len_bytes().cast(pl.Int64).alias("nbytes"),
-            "has_add",
+            *(
+                _empty_to_null(pl.concat_str(by_op[op], separator=",", ignore_nulls=True)).alias(
+                    f"__op_{op}"
+                )
+                for op in used
+            ),
+        )
+        objects = []
+        for op in used:
+            opener, closer = ("[", "]") if op == "unset" else ("{", "}")
+            key = pl.lit(f'"{OPERATOR_KEYS[op]}":{opener}')
+            objects.append(pl.concat_str([key, pl.col(f"__op_{op}"), pl.lit(closer)]))
+        action = _empty_to_null(pl.concat_str(objects, separator=",", ignore_nulls=True))
+        item = pl.concat_str(
+            [
+                pl.lit('{"distinct_id":'),
+                _json_value(pl.col("distinct_id")),
+                pl.lit(',"action":{'),
+                pl.col("__action"),
+                pl.lit("}}"),
+            ]
+        )
+        has_add = pl.col("__op_add").is_not_null() if "add" in used else pl.lit(False)
+        return (
+            frame.with_columns(__action=action)
+            .filter(pl.col("__action").is_not_null())
+            .select(ROW, "distinct_id", item.alias("item"), has_add.alias("has_add"))
+            .with_columns(nbytes=pl.col("item").str.len_bytes().cast(pl.Int64))
+            .select(ROW, "distinct_id", "item", "nbytes", "has_add")
+            .collect()
         )
 
 
