@@ -100,7 +100,9 @@ class Chunker:
         """Route a batch of items (in file order) to lanes; yield every chunk that closes."""
         if items.height == 0:
             return
-        routed = items.with_columns(lane_of(pl.col("distinct_id"), self.settings.lanes).alias("lane"))
+        routed = items.with_columns(
+            lane_of(pl.col("distinct_id"), self.settings.lanes).alias("lane")
+        )
         for (lane,), part in routed.partition_by("lane", as_dict=True, maintain_order=True).items():
             state = self._lanes.setdefault(int(lane), _Lane())
             buffer = part if state.pending is None else pl.concat([state.pending, part])
@@ -116,7 +118,9 @@ class Chunker:
                 yield from self._cut(lane, state, buffer, final=True)
         self._lanes.clear()
 
-    def _cut(self, lane: int, state: _Lane, buffer: pl.DataFrame, *, final: bool) -> Iterator[Chunk]:
+    def _cut(
+        self, lane: int, state: _Lane, buffer: pl.DataFrame, *, final: bool
+    ) -> Iterator[Chunk]:
         sizes = buffer["nbytes"].to_numpy() + 1
         prefix = np.concatenate(([0], np.cumsum(sizes)))
         n, start, budget, most = buffer.height, 0, self._budget(), self.settings.batch_size

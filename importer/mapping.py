@@ -74,7 +74,10 @@ class PropertySpec(_Frozen):
     @field_validator("op", mode="before")
     @classmethod
     def _strip_dollar(cls, value: Any) -> Any:
-        return value[1:] if isinstance(value, str) and value.startswith("$") else value
+        # only a known operator loses its $, so an error quotes what the user wrote ($upsert)
+        if isinstance(value, str) and value.startswith("$") and value[1:] in OPERATORS:
+            return value[1:]
+        return value
 
     @model_validator(mode="after")
     def _check_combination(self) -> PropertySpec:

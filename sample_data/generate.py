@@ -18,11 +18,50 @@ import polars as pl
 
 HERE = Path(__file__).resolve().parent
 USERS = 3000
-FIRST = ["Ada", "Grace", "Alan", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Radia", "Guido",
-         "Frances", "Edsger", "Hedy", "Niklaus", "Katherine", "Tim", "Anita", "Donald", "Mary", "Sophie"]
-LAST = ["Lovelace", "Hopper", "Turing", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie",
-        "Perlman", "van Rossum", "Allen", "Dijkstra", "Lamarr", "Wirth", "Johnson", "Berners-Lee",
-        "Borg", "Knuth", "Kenyon", "Wilson"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Radia",
+    "Guido",
+    "Frances",
+    "Edsger",
+    "Hedy",
+    "Niklaus",
+    "Katherine",
+    "Tim",
+    "Anita",
+    "Donald",
+    "Mary",
+    "Sophie",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Ritchie",
+    "Perlman",
+    "van Rossum",
+    "Allen",
+    "Dijkstra",
+    "Lamarr",
+    "Wirth",
+    "Johnson",
+    "Berners-Lee",
+    "Borg",
+    "Knuth",
+    "Kenyon",
+    "Wilson",
+]
 PLANS = ["free", "starter", "pro", "enterprise"]
 TAGS = ["beta", "newsletter", "vip", "trial", "mobile", "webinar", "churn-risk"]
 COUNTRIES = ["IN", "US", "GB", "DE", "FR", "BR", "SG", "AU"]
@@ -61,7 +100,9 @@ def _rows() -> list[dict[str, object]]:
                 "removed_tags": "trial" if rng.random() < 0.2 else None,
                 "marketing_opt_in": rng.choice(["yes", "no", "Y", "N", "true", "false"]),
                 "country": rng.choice(COUNTRIES),
-                "phone": f"+91{rng.randrange(7000000000, 9999999999)}" if rng.random() < 0.7 else None,
+                "phone": f"+91{rng.randrange(7000000000, 9999999999)}"
+                if rng.random() < 0.7
+                else None,
                 "churned_fields": ",".join(rng.sample(FIELDS, 2)) if rng.random() < 0.05 else None,
             }
         )
@@ -93,7 +134,10 @@ def _parquet_frame(rows: list[dict[str, object]]) -> pl.DataFrame:
         pl.col("marketing_opt_in").is_in(["yes", "Y", "true"]),
     )
     frame = frame.with_columns(
-        pl.when(pl.int_range(pl.len()) == 16).then(None).otherwise(pl.col("user_id")).alias("user_id"),
+        pl.when(pl.int_range(pl.len()) == 16)
+        .then(None)
+        .otherwise(pl.col("user_id"))
+        .alias("user_id"),
         pl.when(pl.int_range(pl.len()) == 998)
         .then(pl.lit("x" * 250 + "@example.com"))
         .otherwise(pl.col("email"))
