@@ -132,6 +132,7 @@ ENDPOINT_OPERATORS: Final[dict[str, str]] = {
 INVALID_DISTINCT_ID: Final = "invalid distinct_id"
 _EMPTY_UNSET: Final = "$unset channel should have atleast one item in array"
 _GRACEFUL_STOP_S: Final = 5  # seconds stop() lets in-flight requests finish
+_KEEP_ALIVE_S: Final = 30  # idle keep-alive: longer than clients keep idle connections
 _START_TIMEOUT_S: Final = 30
 
 
@@ -968,6 +969,8 @@ def _uvicorn_server(app: Starlette, on_started: Callable[[], None]) -> _UvicornS
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=_GRACEFUL_STOP_S,
+        # longer than clients keep idle connections, so an idle close never races a request
+        timeout_keep_alive=_KEEP_ALIVE_S,
     )
     return _UvicornServer(config, on_started)
 
