@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo lint bench soak sample clean
+.PHONY: help install test demo lint bench soak package docs sample clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with its dev tools
 
-test: $(STAMP) ## run the test suite (not the slow soak)
-	$(BIN)/python -m pytest -m "not slow" -q
+test: $(STAMP) ## run the test suite (not the slow soak, not the packaging test)
+	$(BIN)/python -m pytest -m "not slow and not package" -q
 
 # The sample data holds deliberately bad rows, so the import ends with exit 1 ("finished, some
 # rows rejected"); the demo fails only on 2 or 3.
@@ -36,8 +36,14 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict on importer/
 bench: $(STAMP) ## run the benchmark suite and rewrite docs/benchmarks.md
 	$(BIN)/python -m bench
 
-soak: $(STAMP) ## the long fault soak (many seeds)
+soak: $(STAMP) ## the long fault soak (many seeds) and other slow tests
 	$(BIN)/python -m pytest -m slow -q
+
+package: $(STAMP) ## build the wheel and check it installs and runs in a fresh venv
+	$(BIN)/python -m pytest -m package -q
+
+docs: $(STAMP) ## regenerate the key reference in docs/mapping.md from the mapping model
+	$(BIN)/python -m importer.mapping_tools docs/mapping.md
 
 sample: $(STAMP) ## regenerate sample_data/ from its script
 	$(BIN)/python sample_data/generate.py

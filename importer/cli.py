@@ -2,8 +2,9 @@
 errors to exit codes. The only module that imports click or rich.
 
 Output discipline: progress, notices and the human summary go to stderr; ``--json`` prints exactly
-one JSON object on stdout (also on failure), so both can be piped. The API key is never printed:
-every message passes through ``_redact`` before it is shown.
+one JSON object on stdout (also on failure), so both can be piped. With ``--log-format json`` the
+bar and the human summary give way to one JSON object per event on stderr, for log aggregators.
+The API key is never printed: every message passes through ``_redact`` before it is shown.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -50,13 +53,28 @@ from importer.pipeline import (
 )
 
 _SECRETS: list[str] = []
+# Nothing prints the key; redaction is the second line of defence. A key this short could not be
+# told apart from ordinary words in a message, so only longer ones are redacted (real keys are).
+_MIN_SECRET = 6
 
 
 def _redact(text: str) -> str:
+    """A message with any known secret replaced by ***."""
     for secret in _SECRETS:
-        if secret:
+        if len(secret) >= _MIN_SECRET:
             text = text.replace(secret, "***")
     return text
+
+
+def _redact_values(data: Any) -> Any:
+    """JSON-able data with secrets redacted in its string values; field names are left alone."""
+    if isinstance(data, str):
+        return _redact(data)
+    if isinstance(data, dict):
+        return {key: _redact_values(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_redact_values(value) for value in data]
+    return data
 
 
 def _console() -> Console:
@@ -146,6 +164,82 @@ class RichReporter:
             self._progress.update(self._task, chunks=text)
 
 
+LogLevel = str  # "info" | "warning" | "error"
+_LEVELS = {"info": 0, "warning": 1, "error": 2}
+
+
+class JsonLogReporter:
+    """``--log-format json``: one JSON object per line on stderr for each event, no bar.
+
+    Every line has ``ts`` (UTC), ``level``, ``event`` and ``command``, and ``run_id`` once it is
+    known. Events: ``phase``, ``notice``, ``run_started``, ``retry_started``,
+    ``source_skipped``, ``chunk_settled`` (a chunk that failed, was refused, is ambiguous or had
+    item errors), ``retry`` and, last, ``run_finished`` with the whole summary. With ``--quiet``
+    only warnings, errors and ``run_finished`` are written.
+    """
+
+    def __init__(self, command: str, *, quiet: bool) -> None:
+        self.command = command
+        self.min_level = _LEVELS["warning"] if quiet else _LEVELS["info"]
+        self.run_id: str | None = None
+        self._lock = threading.Lock()  # the reader thread and the event loop both report
+
+    def __enter__(self) -> JsonLogReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def emit(self, event: str, level: LogLevel = "info", **data: Any) -> None:
+        """Write one event line (unless --quiet drops its level)."""
+        if _LEVELS[level] < self.min_level and event != "run_finished":
+            return
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line: dict[str, Any] = {"ts": now, "level": level, "event": event, "command": self.command}
+        if self.run_id is not None:
+            line["run_id"] = self.run_id
+        line.update(data)
+        text = json.dumps(_redact_values(line), ensure_ascii=False, default=str)
+        with self._lock:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def notice(self, message: str) -> None:
+        """A notice becomes a ``notice`` event."""
+        self.emit("notice", message=message)
+
+    def phase(self, name: str, total_rows: int | None) -> None:
+        """A new phase (validating, sending, retrying)."""
+        self.emit("phase", phase=name, rows_total=total_rows)
+
+    def rows(self, count: int) -> None:
+        """Rows are counted in the final summary, not logged one batch at a time."""
+
+    def chunk(self, status: ChunkStatus) -> None:
+        """Chunks that need attention arrive as ``chunk_settled`` events instead."""
+
+    def retry(self, reason: str) -> None:
+        """A request is being resent."""
+        self.emit("retry", "warning", reason=reason)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """A structured event from the library."""
+        if data.get("run_id"):
+            self.run_id = str(data["run_id"])
+        fields = {k: v for k, v in data.items() if k != "run_id"}
+        self.emit(kind, "warning" if kind == "chunk_settled" else "info", **fields)
+
+    def finished(self, summary: RunSummary) -> None:
+        """The last line: the whole summary, at a level that follows the exit code."""
+        self.run_id = summary.run_id or self.run_id
+        data = summary.as_json()
+        data.pop("run_id", None)
+        level = (
+            "info" if summary.exit_code == 0 else "warning" if summary.exit_code == 1 else "error"
+        )
+        self.emit("run_finished", level, **data)
+
+
 # --- shared plumbing ------------------------------------------------------------------------
 
 
@@ -210,12 +304,18 @@ def _execute(
     as_json: bool,
     no_progress: bool,
     quiet: bool = False,
+    log_format: str = "text",
 ) -> NoReturn:
     """Run a command, print its summary (human on stderr, JSON on stdout) and exit with its code."""
     console = _console()
     show_bar = not no_progress and not quiet and console.is_terminal
     error: ImporterError | None = None
-    with RichReporter(console, show_bar=show_bar, quiet=quiet) as reporter:
+    reporter: RichReporter | JsonLogReporter
+    if log_format == "json":
+        reporter = JsonLogReporter(summary.command, quiet=quiet)
+    else:
+        reporter = RichReporter(console, show_bar=show_bar, quiet=quiet)
+    with reporter:
         try:
             action(reporter)
         except ImporterError as exc:
@@ -225,12 +325,15 @@ def _execute(
 
             error = InterruptedRun("interrupted")
     summary.finish(error)
-    if error is not None:
-        console.print(f"error: {_redact(str(error))}", markup=False)
-    if not quiet:
-        _print_summary(summary, console)
+    if isinstance(reporter, JsonLogReporter):
+        reporter.finished(summary)
+    else:
+        if error is not None:
+            console.print(f"error: {_redact(str(error))}", markup=False)
+        if not quiet:
+            _print_summary(summary, console)
     if as_json:
-        click.echo(_redact(json.dumps(summary.as_json(), ensure_ascii=False)))
+        click.echo(json.dumps(_redact_values(summary.as_json()), ensure_ascii=False))
     sys.exit(summary.exit_code)
 
 
@@ -320,7 +423,19 @@ _progress_opt = click.option(
     help="No progress bar (it is also off when stderr is not a terminal).",
 )
 _quiet_opt = click.option(
-    "--quiet", "-q", is_flag=True, help="No progress, notices or human summary; errors only."
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress, notices or human summary; errors only (with --log-format json: "
+    "warnings, errors and run_finished).",
+)
+_log_format_opt = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per event on stderr (run started, chunk failed, retry, run "
+    "finished with counts), no progress bar and no human summary; for log aggregators.",
 )
 
 
@@ -451,6 +566,7 @@ def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @_json_opt
 @_progress_opt
 @_quiet_opt
+@_log_format_opt
 @_target_options
 def run(
     sources: tuple[str, ...],
@@ -474,6 +590,7 @@ def run(
     as_json: bool,
     no_progress: bool,
     quiet: bool,
+    log_format: str,
     workspace: str | None,
     api_version: str | None,
     base_url: str | None,
@@ -517,7 +634,14 @@ def run(
         )
         return run_import(options, summary, reporter)
 
-    _execute(summary, action, as_json=as_json, no_progress=no_progress, quiet=quiet)
+    _execute(
+        summary,
+        action,
+        as_json=as_json,
+        no_progress=no_progress,
+        quiet=quiet,
+        log_format=log_format,
+    )
 
 
 def _target(
@@ -558,6 +682,7 @@ def _target(
 @_json_opt
 @_progress_opt
 @_quiet_opt
+@_log_format_opt
 def validate_command(
     sources: tuple[str, ...],
     mapping_path: Path,
@@ -567,6 +692,7 @@ def validate_command(
     as_json: bool,
     no_progress: bool,
     quiet: bool,
+    log_format: str,
 ) -> None:
     """Read and check SOURCE... against the mapping; write rejected rows and why. Sends nothing.
 
@@ -582,7 +708,14 @@ def validate_command(
         )
         return validate(options, summary, reporter)
 
-    _execute(summary, action, as_json=as_json, no_progress=no_progress, quiet=quiet)
+    _execute(
+        summary,
+        action,
+        as_json=as_json,
+        no_progress=no_progress,
+        quiet=quiet,
+        log_format=log_format,
+    )
 
 
 @main.command(name="preview", context_settings=CONTEXT)
@@ -653,6 +786,7 @@ def preview_command(
 @_json_opt
 @_progress_opt
 @_quiet_opt
+@_log_format_opt
 def retry(
     ledger: Path,
     run_id: str | None,
@@ -668,6 +802,7 @@ def retry(
     as_json: bool,
     no_progress: bool,
     quiet: bool,
+    log_format: str,
 ) -> None:
     """Resend a run's failed chunks from the ledger alone (the source file may be gone).
 
@@ -704,7 +839,14 @@ def retry(
         )
         return retry_failed(options, summary, reporter)
 
-    _execute(summary, action, as_json=as_json, no_progress=no_progress, quiet=quiet)
+    _execute(
+        summary,
+        action,
+        as_json=as_json,
+        no_progress=no_progress,
+        quiet=quiet,
+        log_format=log_format,
+    )
 
 
 # --- ledger ---------------------------------------------------------------------------------
@@ -928,10 +1070,14 @@ def mapping() -> None:
 
 @mapping.command(name="schema", context_settings=CONTEXT)
 def mapping_schema() -> None:
-    """Print the JSON Schema of mapping files (for editors with a YAML language server)."""
+    """Print the JSON Schema of mapping files (for editors with a YAML language server).
+
+    Save it (`fyno-import mapping schema > fyno-import.schema.json`) and start a mapping with
+    `# yaml-language-server: $schema=fyno-import.schema.json` for completion and checks.
+    """
     from importer.mapping import mapping_json_schema
 
-    click.echo(json.dumps(mapping_json_schema(), indent=2))
+    click.echo(json.dumps(mapping_json_schema(), indent=2, ensure_ascii=False))
 
 
 @mapping.command(name="check", context_settings=CONTEXT)
@@ -939,7 +1085,9 @@ def mapping_schema() -> None:
 @click.argument("source", required=False)
 @_format_opt
 def mapping_check(file: Path, source: str | None, fmt: str | None) -> None:
-    """Check a mapping file, and that SOURCE has every column it reads."""
+    """Check mapping FILE (keys, values, operator and type combinations) and, given SOURCE, that
+    the source has every column it reads with a usable type. Reads no rows; exit 0 or 2.
+    """
     from importer.mapping_tools import check_mapping
 
     try:
@@ -953,21 +1101,33 @@ def mapping_check(file: Path, source: str | None, fmt: str | None) -> None:
 @click.argument("source")
 @click.option(
     "-o",
+    "--output",
     "output",
     type=click.Path(path_type=Path),
     default=None,
     help="Write the mapping to this file [default: stdout].",
 )
+@click.option("--force", is_flag=True, help="With -o: overwrite an existing file.")
 @click.option(
     "--id-column", default=None, help="The distinct_id column [default: guessed, e.g. user_id]."
 )
 @_format_opt
-def mapping_init(source: str, output: Path | None, id_column: str | None, fmt: str | None) -> None:
-    """Print a commented starter mapping from SOURCE's columns (types guessed from the data)."""
+def mapping_init(
+    source: str, output: Path | None, force: bool, id_column: str | None, fmt: str | None
+) -> None:
+    """Print a commented starter mapping from SOURCE's columns (types guessed from the data).
+
+    Every column is listed with op: set; comments show a sample value, empty cells and list-like
+    columns. Review it, then `fyno-import validate SOURCE -m FILE`.
+    """
     from importer.mapping_tools import starter_mapping
 
+    if output is not None and output.exists() and not force:
+        _fail(f"{output} exists: pass --force to overwrite it, or choose another file")
     try:
-        text = starter_mapping(source, fmt=fmt, id_column=id_column)
+        text = starter_mapping(
+            source, fmt=fmt, id_column=id_column, mapping_name=str(output) if output else None
+        )
     except ImporterError as exc:
         _fail(str(exc), exc.exit_code)
     if output is None:

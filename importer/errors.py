@@ -5,6 +5,7 @@
     │   └── InsecureURLError       plain http:// to a non-loopback host    (exit 2)
     ├── MappingError               the mapping file is wrong             (exit 2)
     ├── SourceError                a source is missing, unreadable, empty (exit 2)
+    │   └── EmptySourceError       no header and no rows (skipped with --allow-empty)
     ├── LedgerError                the ledger cannot be used              (exit 2)
     │   ├── LedgerLockedError      another run holds it
     │   ├── LedgerCorruptError     not a ledger, or damaged
@@ -49,6 +50,10 @@ class MappingError(ImporterError):
 
 class SourceError(ImporterError):
     """A source is missing, unreadable, of an unknown format or without data rows."""
+
+
+class EmptySourceError(SourceError):
+    """A source with no header and no rows: an error, or skipped with ``--allow-empty``."""
 
 
 class LedgerError(ImporterError):

@@ -22,9 +22,12 @@ import signal
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -33,9 +36,11 @@ import polars as pl
 
 from importer.chunker import Chunker, ChunkSettings, shard_of
 from importer.errors import (
+    EmptySourceError,
     ImporterError,
     InsecureURLError,
     InterruptedRun,
+    MappingError,
     RejectRateError,
     RunConflictError,
     SourceError,
@@ -46,9 +51,10 @@ from importer.mapping import Mapping, Settings
 from importer.model import Chunk, ChunkOutcome, ChunkStatus
 from importer.sender import SendConfig, Sender, SendStats
 from importer.sources import ROW, Source, resolve_sources
-from importer.transform import Transformer
+from importer.transform import Transformer, TransformResult
 
-READ_BATCH_ROWS = 100_000
+READ_BATCH_ROWS = 50_000
+TRANSFORM_AHEAD = 2  # batches transformed at once (this machine class has two cores)
 API_VERSIONS = ("live", "test")
 DEFAULT_BASE_URL = "https://api.fyno.io"
 REJECT_COLUMNS = ["source", "row", "column", "reason", "values"]
@@ -306,10 +312,28 @@ def _open_sources(
 def _prepare(source: Source, mapping: Mapping, settings: Settings) -> _Prepared:
     columns = source.columns()
     schema = source.scan().collect_schema()
-    transformer = Transformer(
-        mapping, {c: schema[c] for c in columns}, max_batch_bytes=settings.max_batch_bytes
-    )
+    try:
+        transformer = Transformer(
+            mapping, {c: schema[c] for c in columns}, max_batch_bytes=settings.max_batch_bytes
+        )
+    except MappingError as exc:  # name the file: with several sources, which one lacks it?
+        raise MappingError(f"{source.name}: {exc.message}", hint=exc.hint) from None
     return _Prepared(source=source, transformer=transformer, fingerprint=source.fingerprint())
+
+
+def _prepare_all(
+    sources: list[Source], options: ImportOptions, reporter: Reporter
+) -> list[_Prepared]:
+    """Check every source against the mapping; empty files are skipped with --allow-empty."""
+    prepared = []
+    for source in sources:
+        try:
+            prepared.append(_prepare(source, options.mapping, options.settings))
+        except EmptySourceError:
+            if not options.settings.allow_empty:
+                raise
+            reporter.notice(f"skipped {source.name}: empty file (--allow-empty)")
+    return prepared
 
 
 def _shard_filter(
@@ -331,6 +355,26 @@ def _batches(prepared: _Prepared, shard: tuple[int, int] | None) -> Iterator[pl.
     columns = prepared.source.columns()
     for batch in prepared.source.batches(columns, READ_BATCH_ROWS):
         yield _shard_filter(batch, prepared.transformer, shard)
+
+
+def _transformed(
+    prepared: _Prepared, shard: tuple[int, int] | None
+) -> Iterator[tuple[pl.DataFrame, TransformResult]]:
+    """Each batch with its transform result, in file order.
+
+    Two batches are transformed at once: polars releases the GIL, so this keeps both cores
+    busy while memory stays bounded (at most ``TRANSFORM_AHEAD`` batches in flight).
+    """
+    with ThreadPoolExecutor(max_workers=TRANSFORM_AHEAD, thread_name_prefix="transform") as pool:
+        pending: deque[tuple[pl.DataFrame, Future[TransformResult]]] = deque()
+        for batch in _batches(prepared, shard):
+            pending.append((batch, pool.submit(prepared.transformer.apply, batch)))
+            if len(pending) >= TRANSFORM_AHEAD:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _validate_all(
@@ -358,8 +402,7 @@ def _validate_all(
                 settings=options.chunk_settings(),
                 build_bodies=False,
             )
-            for batch in _batches(item, options.shard):
-                result = item.transformer.apply(batch)
+            for batch, result in _transformed(item, options.shard):
                 writer.write(item.source.name, result.rejects)
                 per_source.rows_read += batch.height
                 per_source.rows_rejected += result.rejects.height
@@ -398,13 +441,17 @@ def validate(
     options: ImportOptions, summary: RunSummary, reporter: Reporter | None = None
 ) -> RunSummary:
     """Read and validate the sources; count the chunks they would make. Sends nothing."""
-    reporter = reporter or NullReporter()
+    with _sigterm_stops_the_run():
+        return _validate(options, summary, reporter or NullReporter())
+
+
+def _validate(options: ImportOptions, summary: RunSummary, reporter: Reporter) -> RunSummary:
     summary.dry_run = options.dry_run
     sources = _open_sources(
         options.sources, options.mapping, options.format, reporter, options.settings.allow_empty
     )
     try:
-        prepared = [_prepare(s, options.mapping, options.settings) for s in sources]
+        prepared = _prepare_all(sources, options, reporter)
         summary.sources = [SourceSummary(source=p.source.name) for p in prepared]
         _validate_all(prepared, options, summary, reporter, options.mapping.fingerprint())
         if options.dry_run:
@@ -458,8 +505,7 @@ def _source_chunks(
         mapping_hash=options.mapping.fingerprint(),
         settings=options.chunk_settings(),
     )
-    for batch in _batches(prepared, options.shard):
-        result = prepared.transformer.apply(batch)
+    for batch, result in _transformed(prepared, options.shard):
         yield from chunker.add(result.items)
         if reporter is not None:
             reporter.rows(batch.height)
@@ -519,8 +565,13 @@ class _LedgerRecorder:
 
 
 def _client(target: Target, config: SendConfig) -> httpx.AsyncClient:
+    # Idle connections are dropped after 2 s, before a server's own idle timeout (uvicorn's is
+    # 5 s, httpx's default is also 5 s): reusing a connection the server is closing makes an
+    # "ambiguous" failure out of a request that never arrived, and a $add chunk is then held back.
     limits = httpx.Limits(
-        max_connections=config.concurrency, max_keepalive_connections=config.concurrency
+        max_connections=config.concurrency,
+        max_keepalive_connections=config.concurrency,
+        keepalive_expiry=2.0,
     )
     return httpx.AsyncClient(
         headers={
@@ -615,12 +666,13 @@ async def _send(
             sender.stop()
             stop.set()
 
-        installed = []
+        installed: dict[int, Any] = {}  # signal -> the Python handler to put back afterwards
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
+                    previous = signal.getsignal(signum)
                     loop.add_signal_handler(signum, on_signal)
-                    installed.append(signum)
+                    installed[signum] = previous
         thread = threading.Thread(target=worker, name="fyno-import-reader", daemon=True)
         thread.start()
         try:
@@ -632,8 +684,12 @@ async def _send(
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
                 await asyncio.sleep(0.01)
-            for signum in installed:
-                loop.remove_signal_handler(signum)
+            for handled, previous in installed.items():
+                loop.remove_signal_handler(handled)
+                # remove_signal_handler leaves SIG_DFL behind, which would let a SIGTERM during
+                # the last ledger writes kill the process without its summary
+                if previous is not None:
+                    signal.signal(handled, previous)
         return interrupted or sender.stopped
 
 
@@ -649,13 +705,43 @@ def _resolve_target(options: ImportOptions, server_url: str | None) -> Target:
     return options.target
 
 
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    """While a command runs, SIGTERM stops it as Ctrl-C does: InterruptedRun (exit 3).
+
+    The sending loop has its own graceful handlers (``_send``); this covers everything around
+    it (reading, validating, opening the ledger), where SIGTERM's default action would kill the
+    process without a summary. The handler raises KeyboardInterrupt, not an ImporterError, so
+    no ``except Exception`` on the way (a reader turning errors into SourceError) can mistake it
+    for a failure of its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise InterruptedRun("interrupted: no request was sent after the signal") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_import(
     options: ImportOptions, summary: RunSummary, reporter: Reporter | None = None
 ) -> RunSummary:
     """Validate every source, then send the chunks the ledger does not show as accepted."""
-    reporter = reporter or NullReporter()
+    with _sigterm_stops_the_run():
+        return _run_import(options, summary, reporter or NullReporter())
+
+
+def _run_import(options: ImportOptions, summary: RunSummary, reporter: Reporter) -> RunSummary:
     if options.dry_run:
-        return validate(options, summary, reporter)
+        return _validate(options, summary, reporter)
     if options.emulator:
         from importer.emulator import EmulatorConfig, EmulatorServer
 
@@ -700,7 +786,9 @@ def _run(
     mapping_hash = options.mapping.fingerprint()
     chunk_key = options.chunk_settings().key()
     try:
-        prepared = [_prepare(s, options.mapping, options.settings) for s in sources]
+        prepared = _prepare_all(sources, options, reporter)
+        if not prepared:  # only empty files, and --allow-empty: nothing to do
+            return summary
         fingerprints = [p.fingerprint for p in prepared]
         key = source_key(fingerprints, options.shard)
         summary.ledger = str(ledger_path)
@@ -905,7 +993,11 @@ def retry_failed(
     options: RetryOptions, summary: RunSummary, reporter: Reporter | None = None
 ) -> RunSummary:
     """Resend a run's failed chunks (and ambiguous ones, if asked) from the ledger alone."""
-    reporter = reporter or NullReporter()
+    with _sigterm_stops_the_run():
+        return _retry_failed(options, summary, reporter or NullReporter())
+
+
+def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter) -> RunSummary:
     summary.ledger = str(options.ledger)
     with Ledger.open(options.ledger, create=False) as ledger:
         ledger.lock_for_run()

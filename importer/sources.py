@@ -25,7 +25,7 @@ from typing import Literal
 
 import polars as pl
 
-from importer.errors import SourceError
+from importer.errors import EmptySourceError, SourceError
 from importer.mapping import SourceOptions
 
 Format = Literal["csv", "parquet"]
@@ -101,10 +101,15 @@ class Source:
 
     def _csv_path(self) -> str:
         """The path polars reads: the file itself, or its UTF-8 transcoding for latin1."""
-        if self.options.encoding == "utf8" or self.remote:
+        if self.options.encoding == "utf8":
             return self.name
         if self._transcoded is None:
-            self._transcoded = _transcode_latin1(Path(self.name))
+            if self.remote:
+                from importer.remote import download_latin1_as_utf8
+
+                self._transcoded = download_latin1_as_utf8(self.name, self.options.storage_options)
+            else:
+                self._transcoded = _transcode_latin1(Path(self.name))
         return str(self._transcoded)
 
     def columns(self) -> list[str]:
@@ -136,7 +141,7 @@ class Source:
             reader = csv.reader(handle, delimiter=self.delimiter)
             header = next(reader, None)
         if header is None:
-            raise SourceError(
+            raise EmptySourceError(
                 f"{self.name}: the file is empty (no header, no rows)",
                 hint="check the export that produced it, or pass --allow-empty",
             )
@@ -194,7 +199,7 @@ class Source:
     def _read_error(self, exc: Exception) -> SourceError:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, pl.exceptions.NoDataError) or "empty CSV" in text:
-            return SourceError(
+            return EmptySourceError(
                 f"{self.name}: the file is empty (no header, no rows)",
                 hint="check the export that produced it, or pass --allow-empty",
             )
@@ -288,10 +293,13 @@ def resolve_sources(
 
     for arg in args:
         if is_remote(arg):
-            if _GLOB_CHARS.search(arg):
+            if _GLOB_CHARS.search(arg) or arg.endswith("/"):  # a glob, or a prefix as a folder
                 from importer.remote import expand_remote_glob
 
                 for name in expand_remote_glob(arg, options.storage_options):
+                    if name.rsplit("/", 1)[-1].startswith((".", "_")):
+                        notices.append(f"ignored {name}: hidden or marker object")
+                        continue
                     add(name, explicit=False)
             else:
                 add(arg, explicit=True)
