@@ -371,6 +371,11 @@ class Transformer:
         def check(invalid: pl.Expr, reason: pl.Expr) -> None:
             checks.append(_Check(spec.column, invalid, reason))
 
+        def check_pieces(split: pl.Expr, piece: _Converted) -> None:
+            """The row is invalid when any piece is; the reason is the first bad piece's."""
+            reasons = split.list.eval(pl.when(piece.invalid).then(piece.reason))
+            check(split.list.eval(piece.invalid).list.any(), reasons.list.drop_nulls().list.first())
+
         unset: list[pl.Expr] = []
         prepared: tuple[tuple[str, pl.Expr], ...] = ()
         if spec.on_null == "reject":
@@ -398,22 +403,12 @@ class Transformer:
             ptype: ValueType = "string" if vtype == "list" else vtype
             piece = _convert(pl.element(), pl.String(), ptype, spec)
             split = _pieces(raw, spec.split)
-            check(
-                split.list.eval(piece.invalid).list.any(),
-                split.list.eval(pl.when(piece.invalid).then(piece.reason))
-                .list.drop_nulls()
-                .list.first(),
-            )
+            check_pieces(split, piece)
             pieces = split.list.eval(pl.concat_str([pl.lit(name_json + ":"), piece.json]))
         elif spec.split is not None:  # a list for set/once, from a split cell
             piece = _convert(pl.element(), pl.String(), "string", spec)
             split = _pieces(raw, spec.split)
-            check(
-                split.list.eval(piece.invalid).list.any(),
-                split.list.eval(pl.when(piece.invalid).then(piece.reason))
-                .list.drop_nulls()
-                .list.first(),
-            )
+            check_pieces(split, piece)
             values = split.list.eval(pl.element().str.slice(0, MAX_STRING))
             fragment = pl.when(~is_null).then(
                 pl.concat_str([pl.lit(name_json + ":"), _json_value(values)])
