@@ -815,35 +815,22 @@ class Ledger:
         with self._mutex:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                cur = self._conn.execute(
-                    self._OUTCOME_SQL,
-                    (
-                        status,
-                        outcome.attempts,
-                        outcome.http_status,
-                        outcome.request_id,
-                        outcome.error,
-                        now,
-                        run_id,
-                        chunk.chunk_id,
-                    ),
+                params = (
+                    status,
+                    outcome.attempts,
+                    outcome.http_status,
+                    outcome.request_id,
+                    outcome.error,
+                    now,
+                    run_id,
+                    chunk.chunk_id,
                 )
+                cur = self._conn.execute(self._OUTCOME_SQL, params)
                 if cur.rowcount == 0:
                     # Never recorded in flight (a caller's slip): keep the outcome, not lose it.
-                    self._conn.execute(self._IN_FLIGHT_SQL, self._chunk_params(run_id, chunk, now, None))
-                    self._conn.execute(
-                        self._OUTCOME_SQL,
-                        (
-                            status,
-                            outcome.attempts,
-                            outcome.http_status,
-                            outcome.request_id,
-                            outcome.error,
-                            now,
-                            run_id,
-                            chunk.chunk_id,
-                        ),
-                    )
+                    in_flight = self._chunk_params(run_id, chunk, now, None)
+                    self._conn.execute(self._IN_FLIGHT_SQL, in_flight)
+                    self._conn.execute(self._OUTCOME_SQL, params)
                 if errors:
                     self._conn.executemany(
                         "INSERT OR REPLACE INTO item_errors (run_id, chunk_id, item_index,"
