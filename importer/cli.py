@@ -283,7 +283,10 @@ def _print_summary(summary: RunSummary, console: Console) -> None:
     if summary.rejects:
         rows.append(("rejects", summary.rejects))
     if summary.ledger:
-        rows.append(("ledger", summary.ledger))
+        temporary = (
+            " (temporary: pass --ledger FILE to keep it)" if summary.ledger_temporary else ""
+        )
+        rows.append(("ledger", summary.ledger + temporary))
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
@@ -292,9 +295,10 @@ def _print_summary(summary: RunSummary, console: Console) -> None:
             f"profile {distinct_id}: {json.dumps(profile, ensure_ascii=False)}", markup=False
         )
     if summary.exit_code == 1:
-        console.print(
-            "finished with problems (exit 1): see the rejects file and `fyno-import ledger show`"
+        where = "the rejects file" + (
+            "" if summary.ledger_temporary else " and `fyno-import ledger show`"
         )
+        console.print(f"finished with problems (exit 1): see {where}")
 
 
 def _execute(

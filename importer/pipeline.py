@@ -138,6 +138,7 @@ class RunSummary:
     items_total: int = 0  # items the valid rows make (what would be sent)
     bytes_total: int = 0  # bytes of all chunk bodies (what would be sent)
     profiles: dict[str, Any] = field(default_factory=dict)  # emulator profiles shown by --emulator
+    ledger_temporary: bool = False  # --emulator without --ledger: removed when the run ends
     started: float = field(default_factory=time.monotonic, repr=False)
 
     def finish(self, error: ImporterError | None = None) -> RunSummary:
@@ -155,7 +156,7 @@ class RunSummary:
     def as_json(self) -> dict[str, Any]:
         """The JSON summary of the contract (plus a few documented extras)."""
         data = asdict(self)
-        for key in ("started", "profiles", "command"):
+        for key in ("started", "profiles", "command", "ledger_temporary"):
             data.pop(key)
         if self.profiles_superseded is None:
             data.pop("profiles_superseded")
@@ -748,6 +749,7 @@ def _run_import(options: ImportOptions, summary: RunSummary, reporter: Reporter)
         with tempfile.TemporaryDirectory(prefix="fyno-import-emulator-") as scratch:
             with EmulatorServer(EmulatorConfig(port=0)) as server:
                 ledger = options.ledger or Path(scratch) / "emulator.ledger.db"
+                summary.ledger_temporary = options.ledger is None
                 _run(options, summary, reporter, _resolve_target(options, server.url), ledger)
                 for distinct_id in _first_ids(options, options.show_profiles):
                     summary.profiles[distinct_id] = server.profile(
