@@ -67,8 +67,14 @@ def shard_of(ids: pl.Series, shards: int) -> pl.Series:
 
 @dataclass
 class _Lane:
-    pending: pl.DataFrame | None = None
+    """A lane's open chunk: the items not yet cut, as plain arrays and lists."""
+
     seq: int = 0
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # bytes + 1
+    adds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    items: list[str] = field(default_factory=list)  # only when building bodies
+    rows: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -100,57 +106,73 @@ class Chunker:
         """Route a batch of items (in file order) to lanes; yield every chunk that closes."""
         if items.height == 0:
             return
-        routed = items.with_columns(
-            lane_of(pl.col("distinct_id"), self.settings.lanes).alias("lane")
-        )
-        for (lane,), part in routed.partition_by("lane", as_dict=True, maintain_order=True).items():
-            state = self._lanes.setdefault(int(lane), _Lane())
-            buffer = part if state.pending is None else pl.concat([state.pending, part])
-            state.pending = None
-            yield from self._cut(int(lane), state, buffer, final=False)
+        lanes = items.select(lane_of(pl.col("distinct_id"), self.settings.lanes)).to_series()
+        # One stable sort groups the batch by lane and keeps file order inside each lane.
+        order = np.argsort(lanes.to_numpy(), kind="stable")
+        sorted_lanes = lanes.to_numpy()[order]
+        sizes = items["nbytes"].to_numpy()[order] + 1
+        adds = items["has_add"].to_numpy()[order]
+        texts: list[str] = []
+        rows: list[int] = []
+        ids: list[str] = []
+        if self.build_bodies:
+            picked = items.select(pl.col("item", ROW, "distinct_id").gather(order))
+            texts = picked["item"].to_list()
+            rows = picked[ROW].to_list()
+            ids = picked["distinct_id"].to_list()
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_lanes)) + 1))
+        ends = np.concatenate((starts[1:], [len(order)]))
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            lane = int(sorted_lanes[a])
+            state = self._lanes.setdefault(lane, _Lane())
+            state.sizes = np.concatenate((state.sizes, sizes[a:b]))
+            state.adds = np.concatenate((state.adds, adds[a:b]))
+            if self.build_bodies:
+                state.items.extend(texts[a:b])
+                state.rows.extend(rows[a:b])
+                state.ids.extend(ids[a:b])
+            yield from self._cut(lane, state, final=False)
 
     def finish(self) -> Iterator[Chunk]:
         """Close every lane's open remainder, in lane order."""
         for lane in sorted(self._lanes):
-            state = self._lanes[lane]
-            if state.pending is not None and state.pending.height:
-                buffer, state.pending = state.pending, None
-                yield from self._cut(lane, state, buffer, final=True)
+            yield from self._cut(lane, self._lanes[lane], final=True)
         self._lanes.clear()
 
-    def _cut(
-        self, lane: int, state: _Lane, buffer: pl.DataFrame, *, final: bool
-    ) -> Iterator[Chunk]:
-        sizes = buffer["nbytes"].to_numpy() + 1
+    def _cut(self, lane: int, state: _Lane, *, final: bool) -> Iterator[Chunk]:
+        """Emit the lane's closed chunks; the open remainder stays for more items."""
+        sizes = state.sizes
         prefix = np.concatenate(([0], np.cumsum(sizes)))
-        n, start, budget, most = buffer.height, 0, self._budget(), self.settings.batch_size
+        n, start, budget, most = len(sizes), 0, self._budget(), self.settings.batch_size
         while start < n:
             fits = int(np.searchsorted(prefix, prefix[start] + budget, side="right")) - 1
             end = min(start + most, fits, n)
             if end == n and end - start < most and not final:
-                state.pending = buffer.slice(start)  # still open: more items may join it
-                return
+                break  # still open: more items may join it
             end = max(end, start + 1)  # an item alone always fits (transform rejects bigger rows)
-            chunk = self._emit(lane, state, buffer.slice(start, end - start))
+            chunk = self._emit(lane, state, start, end, int(prefix[end] - prefix[start]))
             if chunk is not None:
                 yield chunk
             start = end
+        if start:
+            state.sizes, state.adds = state.sizes[start:], state.adds[start:]
+            if self.build_bodies:
+                del state.items[:start], state.rows[:start], state.ids[:start]
 
-    def _emit(self, lane: int, state: _Lane, part: pl.DataFrame) -> Chunk | None:
+    def _emit(self, lane: int, state: _Lane, start: int, end: int, sized: int) -> Chunk | None:
         seq, state.seq = state.seq, state.seq + 1
         self.chunks += 1
-        self.bytes += BODY_OVERHEAD + int(part["nbytes"].sum()) + part.height - 1
+        self.bytes += BODY_OVERHEAD - 1 + sized
         if not self.build_bodies:
             return None
-        body = ('{"batch":[' + ",".join(part["item"].to_list()) + "]}").encode()
         return Chunk(
             chunk_id=self.chunk_id(lane, seq),
             source_index=self.source_index,
             source=self.source,
             lane=lane,
             seq=seq,
-            body=body,
-            rows=part[ROW].to_list(),
-            distinct_ids=part["distinct_id"].to_list(),
-            has_add=bool(part["has_add"].any()),
+            body=('{"batch":[' + ",".join(state.items[start:end]) + "]}").encode(),
+            rows=state.rows[start:end],
+            distinct_ids=state.ids[start:end],
+            has_add=bool(state.adds[start:end].any()),
         )
