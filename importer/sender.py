@@ -633,6 +633,8 @@ def _accepted(response: httpx.Response, attempt: int) -> ChunkOutcome:
         raw_id = data.get("request_id")
         request_id = raw_id if isinstance(raw_id, str) else None
         batch = data.get("batch")
+        if _all_ok(response.content):
+            batch = None  # nothing but "ok": no need to look at each item
         for index, entry in enumerate(batch if isinstance(batch, list) else []):
             if not isinstance(entry, dict):
                 errors.append(ItemError(index, "*", _short(repr(entry), 100)))
@@ -647,6 +649,16 @@ def _accepted(response: httpx.Response, attempt: int) -> ChunkOutcome:
         request_id=request_id,
         item_errors=tuple(errors),
     )
+
+
+def _all_ok(content: bytes) -> bool:
+    """True when every per-item status is "ok", checked on the bytes (no loop over items).
+
+    With every ``:"ok"`` removed, a compact ``"batch":[{"$set","$add"},…]`` has no colon left.
+    Any other spelling or status leaves one, and the caller then looks at each item.
+    """
+    start = content.find(b'"batch":')
+    return start >= 0 and b":" not in content[start + 8 :].replace(b':"ok"', b"")
 
 
 # What each transport error says about whether the body may have reached the API.

@@ -933,3 +933,20 @@ def test_invalid_config_is_refused() -> None:
         SendConfig(concurrency=0)
     with pytest.raises(ValueError, match="rate_limit"):
         SendConfig(rate_limit=-1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "all_ok"),
+    [
+        (b'{"request_id":"r","batch":[{"$set":"ok","$add":"ok"},{"$unset":"ok"}]}', True),
+        (b'{"request_id":"r","batch":[{"$set":"ok","$add":"refused"}]}', False),
+        (b'{"request_id":"r","batch":[{"$set": "ok"}]}', False),  # spaced: checked item by item
+        (b'{"request_id":"r","batch":[{"$set":"okay"}]}', False),
+        (b'{"request_id":"r","batch":[{"$set":null}]}', False),
+    ],
+)
+def test_the_all_ok_shortcut_never_hides_an_item_status(answer: bytes, all_ok: bool) -> None:
+    """The byte-level "every status is ok" shortcut says yes only when that is true."""
+    from importer.sender import _all_ok
+
+    assert _all_ok(answer) is all_ok
