@@ -121,6 +121,7 @@ _RESOLUTIONS: Final = frozenset({ChunkStatus.ACCEPTED, ChunkStatus.ABANDONED})
 _SECRET_SETTINGS: Final = frozenset({"api_key", "key", "token", "password", "authorization"})
 _ZLEVEL: Final = 1  # ~3x on JSON bodies at a fraction of level 6's cost: this is the hot path
 _BUSY_TIMEOUT_MS: Final = 10_000
+_DAMAGED_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _CORRUPT_HINT: Final = (
     "use another --ledger path; fyno-import never overwrites or repairs an existing file"
 )
@@ -495,10 +496,15 @@ class Ledger:
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+        damaged = getattr(e, "sqlite_errorcode", 0) & 0xFF in _DAMAGED_CODES
         return LedgerWriteError(
             f"could not write {what} to the ledger {self.path}: {e}",
-            hint="free disk space or check the file's permissions; "
-            "no request is sent without its record",
+            hint=(
+                "the ledger file is damaged; " + _CORRUPT_HINT
+                if damaged
+                else "free disk space or check the file's permissions"
+            )
+            + "; no request is sent without its record",
         )
 
     @contextlib.contextmanager
@@ -922,6 +928,8 @@ class Ledger:
                 f"a chunk can be resolved only as accepted or abandoned, not {as_status}"
             )
         self.lock_for_run()
+        with self._reading() as conn:  # a damaged ledger is a read error (exit 2), not a write one
+            self._chunk_status(conn, run_id, chunk_id)
         with self._writing(f"chunk {chunk_id}") as conn:
             status = self._chunk_status(conn, run_id, chunk_id)
             if status not in _RESOLVABLE:

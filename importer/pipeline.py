@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -46,7 +46,7 @@ from importer.errors import (
     SourceError,
     UsageError,
 )
-from importer.ledger import Ledger, PackedChunk, pack_chunk
+from importer.ledger import Ledger, PackedChunk, RunInfo, pack_chunk
 from importer.mapping import Mapping, Settings
 from importer.model import Chunk, ChunkOutcome, ChunkStatus
 from importer.sender import SendConfig, Sender, SendStats
@@ -352,14 +352,19 @@ def _shard_filter(
     return batch.filter(keep)
 
 
-def _batches(prepared: _Prepared, shard: tuple[int, int] | None) -> Iterator[pl.DataFrame]:
+def _batches(
+    prepared: _Prepared, shard: tuple[int, int] | None, seen: list[int] | None = None
+) -> Iterator[pl.DataFrame]:
+    """The source's batches, filtered to the shard; ``seen[0]`` counts the rows before that."""
     columns = prepared.source.columns()
     for batch in prepared.source.batches(columns, READ_BATCH_ROWS):
+        if seen is not None:
+            seen[0] += batch.height
         yield _shard_filter(batch, prepared.transformer, shard)
 
 
 def _transformed(
-    prepared: _Prepared, shard: tuple[int, int] | None
+    prepared: _Prepared, shard: tuple[int, int] | None, seen: list[int] | None = None
 ) -> Iterator[tuple[pl.DataFrame, TransformResult]]:
     """Each batch with its transform result, in file order.
 
@@ -368,7 +373,7 @@ def _transformed(
     """
     with ThreadPoolExecutor(max_workers=TRANSFORM_AHEAD, thread_name_prefix="transform") as pool:
         pending: deque[tuple[pl.DataFrame, Future[TransformResult]]] = deque()
-        for batch in _batches(prepared, shard):
+        for batch in _batches(prepared, shard, seen):
             pending.append((batch, pool.submit(prepared.transformer.apply, batch)))
             if len(pending) >= TRANSFORM_AHEAD:
                 done, future = pending.popleft()
@@ -390,11 +395,10 @@ def _validate_all(
     reporter.phase("validating", total)
     writer = _RejectsWriter(options.rejects)
     summary.rejects = str(options.rejects)
+    # By position, not by name: the same path may be given twice.
+    active = [s for s in summary.sources if not s.skipped]
     try:
-        for index, item in enumerate(prepared):
-            per_source = next(
-                s for s in summary.sources if s.source == item.source.name and not s.skipped
-            )
+        for index, (item, per_source) in enumerate(zip(prepared, active, strict=True)):
             chunker = Chunker(
                 source_index=index,
                 source=item.source.name,
@@ -403,7 +407,8 @@ def _validate_all(
                 settings=options.chunk_settings(),
                 build_bodies=False,
             )
-            for batch, result in _transformed(item, options.shard):
+            seen = [0]  # rows in the file, whatever the shard
+            for batch, result in _transformed(item, options.shard, seen):
                 writer.write(item.source.name, result.rejects)
                 per_source.rows_read += batch.height
                 per_source.rows_rejected += result.rejects.height
@@ -416,10 +421,11 @@ def _validate_all(
                 pass
             summary.chunks_total += chunker.chunks
             summary.bytes_total += chunker.bytes
-            if per_source.rows_read == 0 and not options.settings.allow_empty:
+            # A file whose rows all fall in other shards is not empty: with --shard K/N over a
+            # small file, some shards simply have nothing to send.
+            if seen[0] == 0 and not options.settings.allow_empty:
                 raise SourceError(
-                    f"{item.source.name}: no data rows (only a header)"
-                    + (" in this shard" if options.shard else ""),
+                    f"{item.source.name}: no data rows (only a header)",
                     hint="pass --allow-empty if an empty export is expected",
                 )
     finally:
@@ -522,6 +528,7 @@ def source_key(fingerprints: list[str], shard: tuple[int, int] | None) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
+_STRANDED_ADD = "was in flight when an earlier try stopped; carries $add, so it is not resent"
 _SETTLED = frozenset(
     {ChunkStatus.ACCEPTED, ChunkStatus.AMBIGUOUS, ChunkStatus.REFUSED, ChunkStatus.ABANDONED}
 )
@@ -536,9 +543,10 @@ class _SourceDone:
 class _LedgerRecorder:
     """Adapts the ledger to the sender's ChunkRecorder and keeps the summary and progress."""
 
-    def __init__(self, ledger: Ledger, run_id: str, reporter: Reporter) -> None:
+    def __init__(self, ledger: Ledger, run_id: str, reporter: Reporter, *, secret: str) -> None:
         self.ledger, self.run_id, self.reporter = ledger, run_id, reporter
         self.packed: dict[str, PackedChunk] = {}  # compressed by the reader thread
+        self._secret = secret
 
     def record_in_flight(self, chunk: Chunk) -> None:
         """Write the chunk and its body before its request leaves."""
@@ -547,6 +555,7 @@ class _LedgerRecorder:
 
     def record_outcome(self, chunk: Chunk, outcome: ChunkOutcome) -> None:
         """Write the final answer, then show it."""
+        outcome = _without_secret(outcome, self._secret)
         self.ledger.record_outcome(self.run_id, chunk, outcome)
         self.reporter.chunk(outcome.status)
         if outcome.status is not ChunkStatus.ACCEPTED or outcome.item_errors:
@@ -563,6 +572,30 @@ class _LedgerRecorder:
                     "error": outcome.error,
                 },
             )
+
+
+def _without_secret(outcome: ChunkOutcome, secret: str) -> ChunkOutcome:
+    """The outcome with the key cut out of every text the server chose.
+
+    A server (or a proxy) that echoes the Authorization header can put the key into a request
+    id or a per-item status of a 202, which the sender keeps verbatim; nothing of that may reach
+    the ledger, or from there `ledger show` and `ledger export`.
+    """
+    if len(secret) < 4:  # too short to tell from ordinary text; never the case for a real key
+        return outcome
+
+    def clean(text: str | None) -> str | None:
+        return None if text is None else text.replace(secret, "***")
+
+    return replace(
+        outcome,
+        request_id=clean(outcome.request_id),
+        error=clean(outcome.error),
+        item_errors=tuple(
+            replace(e, operator=clean(e.operator) or "", status=clean(e.status) or "")
+            for e in outcome.item_errors
+        ),
+    )
 
 
 def _client(target: Target, config: SendConfig) -> httpx.AsyncClient:
@@ -820,10 +853,27 @@ def _run(
             todo: list[_Prepared] = []
             for item in prepared:
                 earlier = imported.get(item.fingerprint)
-                summary.sources.append(
-                    SourceSummary(source=item.source.name, skipped=earlier is not None)
+                twin = next(
+                    (t.source.name for t in todo if t.fingerprint == item.fingerprint), None
                 )
-                if earlier is not None:
+                duplicate = earlier is None and twin is not None
+                summary.sources.append(
+                    SourceSummary(source=item.source.name, skipped=earlier is not None or duplicate)
+                )
+                if duplicate:
+                    # Chunk ids come from the content, not the path: a second source with the
+                    # same content would reuse the first one's ids, and the ledger could no
+                    # longer tell their chunks apart (a resume would skip the copy).
+                    summary.sources_skipped += 1
+                    reporter.event(
+                        "source_skipped", {"source": item.source.name, "same_content_as": twin}
+                    )
+                    reporter.notice(
+                        f"skipped {item.source.name}: "
+                        + ("given twice" if twin == item.source.name else f"same content as {twin}")
+                        + "; a source is imported once per run"
+                    )
+                elif earlier is not None:
                     summary.sources_skipped += 1
                     reporter.event(
                         "source_skipped", {"source": item.source.name, "imported_by": earlier}
@@ -890,7 +940,7 @@ def _send_run(
     known = ledger.chunk_statuses(run_id)
     indexes = {id(p): i for i, p in enumerate(prepared)}
     per_source = {s.source: s for s in summary.sources if not s.skipped}
-    recorder = _LedgerRecorder(ledger, run_id, reporter)
+    recorder = _LedgerRecorder(ledger, run_id, reporter, secret=target.api_key)
 
     def produce(put: Callable[[object], None], stop: threading.Event) -> None:
         for item in todo:
@@ -923,11 +973,7 @@ def _send_run(
             reporter.chunk(ChunkStatus.ACCEPTED)
             return None
         if status is ChunkStatus.IN_FLIGHT and item.has_add:
-            ledger.mark_ambiguous(
-                run_id,
-                item.chunk_id,
-                "was in flight when an earlier try stopped; carries $add, so it is not resent",
-            )
+            ledger.mark_ambiguous(run_id, item.chunk_id, _STRANDED_ADD)
             status = ChunkStatus.AMBIGUOUS
         if status in (ChunkStatus.AMBIGUOUS, ChunkStatus.REFUSED, ChunkStatus.ABANDONED):
             if status is ChunkStatus.AMBIGUOUS:
@@ -1003,9 +1049,7 @@ def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter
     summary.ledger = str(options.ledger)
     with Ledger.open(options.ledger, create=False) as ledger:
         ledger.lock_for_run()
-        run = (
-            ledger.get_run(options.run_id) if options.run_id else ledger.latest_run_with_failures()
-        )
+        run = ledger.get_run(options.run_id) if options.run_id else _latest_run_to_retry(ledger)
         if run is None:
             reporter.notice(f"no run in {options.ledger} has failed chunks: nothing to retry")
             return summary
@@ -1029,35 +1073,43 @@ def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter
             api_key=options.api_key,
         )
         check_base_url(target.base_url)
-        statuses = {ChunkStatus.FAILED}
+        if run.status != "finished":
+            # retry has only the chunks that were sent; ones never sent are not in the ledger
+            reporter.notice(
+                f"run {run.run_id} did not finish ({run.status}): chunks it never sent are not "
+                "in the ledger; run the same `run` command again to send them"
+            )
+        _settle_stranded(ledger, run.run_id)
+        # In flight now means: an idempotent chunk a killed process left (see _settle_stranded).
+        statuses = {ChunkStatus.FAILED, ChunkStatus.IN_FLIGHT}
         if options.include_ambiguous:
             statuses.add(ChunkStatus.AMBIGUOUS)
-        chunks = list(ledger.load_chunks(run.run_id, statuses))
-        refused = list(ledger.load_chunks(run.run_id, {ChunkStatus.REFUSED}))
+        all_statuses = ledger.chunk_statuses(run.run_id)
+        # Ids only: the bodies stay in the ledger until the sender is ready for each one, so a
+        # run that failed wholesale (an outage) is retried in bounded memory.
+        to_send = [cid for cid, status in all_statuses.items() if status in statuses]
+        refused = sum(1 for status in all_statuses.values() if status is ChunkStatus.REFUSED)
         if refused:
             reporter.notice(
-                f"{len(refused)} chunk(s) were refused by the API (HTTP 400) and are not resent; "
+                f"{refused} chunk(s) were refused by the API (HTTP 400) and are not resent; "
                 "`fyno-import ledger export --failures FILE` lists their rows"
             )
-        all_statuses = ledger.chunk_statuses(run.run_id)
         left_ambiguous = 0
         if not options.include_ambiguous:
             left_ambiguous = sum(1 for s in all_statuses.values() if s is ChunkStatus.AMBIGUOUS)
-        summary.chunks_total = len(chunks)
-        summary.profiles_superseded = ledger.profiles_superseded(
-            run.run_id, [c.chunk_id for c in chunks]
-        )
+        summary.chunks_total = len(to_send)
+        summary.profiles_superseded = ledger.profiles_superseded(run.run_id, to_send)
         if summary.profiles_superseded:
             reporter.notice(
                 f"{summary.profiles_superseded} profile(s) in these chunks received later updates; "
                 "resending now may overwrite newer values with older ones"
             )
-        if chunks:
-            reporter.phase("retrying", sum(c.items for c in chunks))
-            recorder = _LedgerRecorder(ledger, run.run_id, reporter)
+        if to_send:
+            reporter.phase("retrying", None)
+            recorder = _LedgerRecorder(ledger, run.run_id, reporter, secret=target.api_key)
 
             def produce(put: Callable[[object], None], stop: threading.Event) -> None:
-                for chunk in chunks:
+                for chunk in ledger.load_chunks(run.run_id, statuses):
                     if stop.is_set():
                         return
                     put(chunk)
@@ -1080,7 +1132,35 @@ def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter
             )
             if stopped:
                 raise InterruptedRun("interrupted: no new requests were started")
-        summary.chunks_failed += len(refused)
-        summary.chunks_refused += len(refused)
+        summary.chunks_failed += refused
+        summary.chunks_refused += refused
         summary.chunks_ambiguous += left_ambiguous
     return summary
+
+
+_OPEN = frozenset(
+    {ChunkStatus.FAILED, ChunkStatus.REFUSED, ChunkStatus.AMBIGUOUS, ChunkStatus.IN_FLIGHT}
+)
+
+
+def _latest_run_to_retry(ledger: Ledger) -> RunInfo | None:
+    """The latest run with chunks still open: failed, refused, ambiguous, or left in flight.
+
+    In flight counts too: a `retry` killed with -9 leaves its chunks so, and they must not
+    fall out of sight (the run lock is held, so no live process is sending them).
+    """
+    for run in reversed(ledger.list_runs()):
+        if _OPEN.intersection(ledger.chunk_statuses(run.run_id).values()):
+            return run
+    return None
+
+
+def _settle_stranded(ledger: Ledger, run_id: str) -> None:
+    """Chunks a killed process left in flight: $add ones become ambiguous, as on resume.
+
+    The caller holds the run lock, so nothing is sending them now. Idempotent ones stay in
+    flight and are resent with the failed ones.
+    """
+    for chunk in ledger.load_chunks(run_id, {ChunkStatus.IN_FLIGHT}):
+        if chunk.has_add:
+            ledger.mark_ambiguous(run_id, chunk.chunk_id, _STRANDED_ADD)
