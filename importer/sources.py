@@ -285,11 +285,25 @@ def _locate_csv_problem(path: str, delimiter: str) -> tuple[str, str, str | None
                 offset += len(block)
                 line += block.count(b"\n")
         with opener(path, "rt", encoding="utf-8-sig", newline="") as text:
-            reader = csv.reader(text, delimiter=delimiter)
+            reader = csv.reader(text, delimiter=delimiter, strict=True)
             header = next(reader, None)
             if header is None:
                 return None
-            for number, record in enumerate(reader, start=1):
+            number = 0
+            while True:
+                number += 1
+                line = reader.line_num + 1  # where this record starts
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    return None
+                except csv.Error as exc:
+                    return (
+                        f"row {number} (from line {line})",
+                        f"not valid CSV: {exc}",
+                        "a quote opened there is never closed, or a quote stands inside an "
+                        "unquoted value; fix the export's quoting",
+                    )
                 if len(record) > len(header):
                     return (
                         f"row {number}",
@@ -298,7 +312,6 @@ def _locate_csv_problem(path: str, delimiter: str) -> tuple[str, str, str | None
                     )
     except (OSError, csv.Error, EOFError):
         return None
-    return None
 
 
 def resolve_sources(

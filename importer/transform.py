@@ -441,6 +441,7 @@ class Transformer:
         raw = pl.col(name)
         text: pl.Expr
         unusable: pl.Expr
+        too_large: pl.Expr = pl.lit(False)
         if dtype.is_decimal():
             # from the Decimal's own digits: a float has 53 bits, and a NUMBER(38,0) id such as
             # 1234567890123456789 must not become 1234567890123456768 (another profile)
@@ -450,9 +451,12 @@ class Transformer:
             unusable = raw.is_not_null() & whole.is_null()
         elif dtype.is_float():
             number = raw.cast(pl.Float64)
-            integral = number.is_finite() & (number.floor() == number) & (number.abs() < _MAX_I64)
-            text = pl.when(integral).then(number.cast(pl.Int64, strict=False).cast(pl.String))
-            unusable = raw.is_not_null() & ~integral
+            whole = number.is_finite() & (number.floor() == number)
+            too_large = raw.is_not_null() & whole & (number.abs() >= _MAX_I64)
+            text = pl.when(whole & ~too_large).then(
+                number.cast(pl.Int64, strict=False).cast(pl.String)
+            )
+            unusable = raw.is_not_null() & ~whole
         else:
             text = raw.cast(pl.String).str.strip_chars()
             unusable = pl.lit(False)
@@ -463,6 +467,16 @@ class Transformer:
                 name,
                 ~missing & unusable,
                 _reason(name, raw, "is not a usable distinct_id (not a whole number)"),
+            ),
+            _Check(
+                name,
+                ~missing & too_large,
+                _reason(
+                    name,
+                    raw,
+                    "is too large for a whole-number distinct_id (a float column holds it exactly "
+                    "only below 2^63); export the id as text",
+                ),
             ),
         ]
         empty = text.is_null() | (text == "")

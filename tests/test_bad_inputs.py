@@ -143,11 +143,6 @@ def test_unbalanced_quote_is_exit_2_naming_the_file(tmp_path: Path) -> None:
     assert code == 2 and "quote.csv" in _error(summary)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources.py names no row or line for an unclosed quote, only polars' parse text "
-    "(reported)",
-)
 def test_unbalanced_quote_error_names_the_row_where_the_quote_opens(tmp_path: Path) -> None:
     """The error for an unclosed quote says where it opens, so a person can find it."""
     source = _write(tmp_path / "quote.csv", 'id,name,n\nu1,a,1\nu2,"abc,2\nu3,c,3\n')
@@ -386,11 +381,6 @@ def test_float_ids_in_parquet_are_whole_numbers_or_rejects(tmp_path: Path) -> No
     assert ids == {"12", "0", "42"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transform.py rejects 1e21 as 'not a whole number'; it is whole, only beyond int64 "
-    "(reported)",
-)
 def test_a_huge_float_id_is_rejected_with_a_true_reason(tmp_path: Path) -> None:
     """1e+21 in a float id column is rejected saying it is too large, not that it is fractional."""
     source = tmp_path / "huge.parquet"
@@ -591,11 +581,6 @@ def test_yaml_anchors_and_aliases_work_as_yaml_says(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mapping.py's duplicate-key check counts a key that overrides a `<<:` merge as "
-    "written twice (reported)",
-)
 def test_yaml_merge_keys_may_be_overridden_as_yaml_says(tmp_path: Path) -> None:
     """`<<: *base` followed by a key of its own overrides the merged one, as in any YAML."""
     text = (
