@@ -862,6 +862,19 @@ class Ledger:
                     "it cannot be marked ambiguous"
                 )
 
+    def mark_waiting(self, run_id: str, chunk_id: str, error: str) -> None:
+        """An in-flight chunk surely not applied (429, 500, 503, no connection) waits to retry.
+
+        It goes back to ``pending`` with its body kept, so a crash during the wait leaves a chunk
+        that may be resent, even one carrying ``$add``. ``record_in_flight`` precedes the retry.
+        """
+        with self._writing(f"chunk {chunk_id}") as conn:
+            conn.execute(
+                "UPDATE chunks SET status = 'pending', error = ?, updated_at = ?"
+                " WHERE run_id = ? AND chunk_id = ? AND status = 'in_flight'",
+                (error, self._now(), run_id, chunk_id),
+            )
+
     def _chunk_status(self, conn: sqlite3.Connection, run_id: str, chunk_id: str) -> str:
         self._run_exists(conn, run_id)
         row = conn.execute(

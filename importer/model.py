@@ -9,7 +9,7 @@ from enum import StrEnum
 class ChunkStatus(StrEnum):
     """Where a chunk stands in the ledger."""
 
-    PENDING = "pending"  # known, never sent
+    PENDING = "pending"  # not applied: never sent, or waiting for a retry after a 429/500/503
     IN_FLIGHT = "in_flight"  # recorded before sending; final answer not yet recorded
     ACCEPTED = "accepted"  # 202 received
     FAILED = "failed"  # transient failures until retries ran out (429, 5xx, connection)

@@ -553,6 +553,12 @@ class _LedgerRecorder:
         packed = self.packed.pop(chunk.chunk_id, None)
         self.ledger.record_in_flight(self.run_id, chunk, packed=packed)
 
+    def record_waiting(self, chunk: Chunk, error: str) -> None:
+        """A $add chunk surely not applied waits for its retry: resendable after a crash."""
+        if len(self._secret) >= 4:  # as _without_secret: the sender's text may echo the server
+            error = error.replace(self._secret, "***")
+        self.ledger.mark_waiting(self.run_id, chunk.chunk_id, error)
+
     def record_outcome(self, chunk: Chunk, outcome: ChunkOutcome) -> None:
         """Write the final answer, then show it."""
         outcome = _without_secret(outcome, self._secret)
@@ -1080,8 +1086,9 @@ def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter
                 "in the ledger; run the same `run` command again to send them"
             )
         _settle_stranded(ledger, run.run_id)
-        # In flight now means: an idempotent chunk a killed process left (see _settle_stranded).
-        statuses = {ChunkStatus.FAILED, ChunkStatus.IN_FLIGHT}
+        # In flight now means: an idempotent chunk a killed process left (see _settle_stranded);
+        # pending: a chunk surely not applied that a killed process left waiting for its retry.
+        statuses = {ChunkStatus.FAILED, ChunkStatus.IN_FLIGHT, ChunkStatus.PENDING}
         if options.include_ambiguous:
             statuses.add(ChunkStatus.AMBIGUOUS)
         all_statuses = ledger.chunk_statuses(run.run_id)
@@ -1139,7 +1146,13 @@ def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter
 
 
 _OPEN = frozenset(
-    {ChunkStatus.FAILED, ChunkStatus.REFUSED, ChunkStatus.AMBIGUOUS, ChunkStatus.IN_FLIGHT}
+    {
+        ChunkStatus.FAILED,
+        ChunkStatus.REFUSED,
+        ChunkStatus.AMBIGUOUS,
+        ChunkStatus.IN_FLIGHT,
+        ChunkStatus.PENDING,
+    }
 )
 
 

@@ -103,6 +103,11 @@ class ChunkRecorder(Protocol):
         """Record the chunk's final outcome."""
         ...
 
+    def record_waiting(self, chunk: Chunk, error: str) -> None:
+        """Record that a $add chunk surely not applied waits for its retry (resendable after a
+        crash); ``record_in_flight`` is called again right before the retry."""
+        ...
+
 
 @dataclass
 class SendStats:
@@ -407,6 +412,7 @@ class Sender:
         """Send one chunk until it has a final outcome, or until the run stops."""
         attempts = 0
         last: _Transient | None = None
+        waiting = False  # recorded as waiting: record it in flight again before the retry
         while True:
             started = await self._start_request()
             if started is None:
@@ -414,13 +420,14 @@ class Sender:
                     self._finish(chunk, self._stopped_outcome(attempts, last))
                 return  # never sent: not recorded at all, it stays pending
             try:
-                if attempts == 0:
+                if attempts == 0 or waiting:
                     try:
                         self._recorder.record_in_flight(chunk)
                     except LedgerWriteError as exc:
                         self._fail(exc)
                         return
-                else:
+                    waiting = False
+                if attempts:
                     self.stats.retries += 1
                 attempts += 1
                 result = await self._try_once(chunk, attempts, started)
@@ -460,6 +467,13 @@ class Sender:
                 return
             if self._on_retry is not None:
                 self._on_retry(chunk, self._redact(last.error))
+            if chunk.has_add:  # surely not applied: a crash during the wait must not strand it
+                try:
+                    self._recorder.record_waiting(chunk, self._redact(last.error))
+                except LedgerWriteError as exc:
+                    self._fail(exc)
+                    return
+                waiting = True
             delay = self._backoff(attempts - 1, last.retry_after)
             if isinstance(await self._unless_halted(partial(self._sleep, delay)), _Halted):
                 self._finish(chunk, self._stopped_outcome(attempts, last))

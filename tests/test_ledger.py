@@ -207,6 +207,18 @@ def test_outcome_without_in_flight_record_is_not_lost(ledger: Ledger) -> None:
     assert next(ledger.load_chunks(run, {ChunkStatus.FAILED})) == chunk
 
 
+def test_a_chunk_waiting_for_its_retry_is_pending_with_its_body(ledger: Ledger) -> None:
+    """A $add chunk surely not applied and waiting to retry is pending: resendable after a crash."""
+    run = new_run(ledger)
+    chunk = make_chunk(has_add=True)
+    ledger.record_in_flight(run, chunk)
+    ledger.mark_waiting(run, chunk.chunk_id, "HTTP 503: retrying")
+    assert ledger.chunk_statuses(run)[chunk.chunk_id] is ChunkStatus.PENDING
+    assert next(ledger.load_chunks(run, {ChunkStatus.PENDING})) == chunk
+    ledger.record_in_flight(run, chunk)  # the retry
+    assert ledger.chunk_statuses(run)[chunk.chunk_id] is ChunkStatus.IN_FLIGHT
+
+
 def test_mark_ambiguous_closes_only_in_flight_chunks(ledger: Ledger) -> None:
     """After a crash an in-flight $add chunk becomes ambiguous; an accepted one cannot."""
     run = new_run(ledger)

@@ -92,6 +92,9 @@ class Recorder:
         self.outcomes[chunk.chunk_id] = outcome
         self.events.append((outcome.status.value, chunk.chunk_id))
 
+    def record_waiting(self, chunk: Chunk, error: str) -> None:
+        self.events.append(("waiting", chunk.chunk_id))
+
 
 def make_chunk(n: int, *, lane: int | None = None, seq: int = 0, has_add: bool = False) -> Chunk:
     """A two-item chunk whose distinct_ids name it, so a handler can tell chunks apart."""
@@ -280,7 +283,15 @@ def test_503_then_202_is_retried_and_accepted(has_add: bool) -> None:
     run = run_virtual(lambda: send(answers(503), [make_chunk(1, has_add=has_add)]))
     outcome = run.recorder.outcomes["c1"]
     assert outcome.status is ChunkStatus.ACCEPTED and outcome.attempts == 2
-    assert run.recorder.in_flight == ["c1"]  # recorded once, not per try
+    if has_add:  # marked waiting (resendable after a crash), then in flight again for the retry
+        assert run.recorder.events == [
+            ("in_flight", "c1"),
+            ("waiting", "c1"),
+            ("in_flight", "c1"),
+            ("accepted", "c1"),
+        ]
+    else:
+        assert run.recorder.in_flight == ["c1"]  # recorded once, not per try
     assert run.stats.retries == 1 and run.stats.items_sent == 2
     assert run.retries == [("c1", "HTTP 503: status 503")]
 
