@@ -35,6 +35,7 @@ import asyncio
 import email.utils
 import math
 import random
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -637,18 +638,26 @@ def _classify(response: httpx.Response, attempt: int) -> ChunkOutcome | _Transie
 
 def _accepted(response: httpx.Response, attempt: int) -> ChunkOutcome:
     """A 2xx answer: pick up the request id and every per-item status other than "ok"."""
-    try:
-        data = orjson.loads(response.content)  # one per request, 500 statuses: the fast parser
-    except orjson.JSONDecodeError:
-        data = None
+    content = response.content
     request_id: str | None = None
     errors: list[ItemError] = []
+    plain_id = _PLAIN_REQUEST_ID.match(content)
+    if plain_id is not None and _all_ok(content):
+        # The usual answer: read on the bytes, without building a dict per item (~70 us each).
+        return ChunkOutcome(
+            status=ChunkStatus.ACCEPTED,
+            attempts=attempt,
+            http_status=response.status_code,
+            request_id=plain_id.group(1).decode(),
+        )
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        data = None
     if isinstance(data, dict):
         raw_id = data.get("request_id")
         request_id = raw_id if isinstance(raw_id, str) else None
         batch = data.get("batch")
-        if _all_ok(response.content):
-            batch = None  # nothing but "ok": no need to look at each item
         for index, entry in enumerate(batch if isinstance(batch, list) else []):
             if not isinstance(entry, dict):
                 errors.append(ItemError(index, "*", _short(repr(entry), 100)))
@@ -663,6 +672,10 @@ def _accepted(response: httpx.Response, attempt: int) -> ChunkOutcome:
         request_id=request_id,
         item_errors=tuple(errors),
     )
+
+
+# A compact answer that starts with a plain request id (no escapes): read without parsing.
+_PLAIN_REQUEST_ID: Final = re.compile(rb'\{"request_id":"([0-9A-Za-z._:-]{1,200})","batch":')
 
 
 def _all_ok(content: bytes) -> bool:
