@@ -14,6 +14,7 @@ file, and a later run recomputes the same chunk ids.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -91,6 +92,10 @@ class Chunker:
     bytes: int = 0
     _lanes: dict[int, _Lane] = field(default_factory=dict)
 
+    @functools.cached_property
+    def _settings_key(self) -> str:
+        return self.settings.key()  # a JSON dump and a SHA-256: once, not per chunk
+
     def _budget(self) -> int:
         # body bytes = overhead + sum(item bytes) + (n - 1) commas = overhead - 1 + sum(item + 1)
         return self.settings.max_batch_bytes - BODY_OVERHEAD + 1
@@ -98,7 +103,7 @@ class Chunker:
     def chunk_id(self, lane: int, seq: int) -> str:
         """The deterministic id of a lane's seq-th chunk of this source."""
         text = "|".join(
-            [self.source_fingerprint, self.mapping_hash, self.settings.key(), str(lane), str(seq)]
+            [self.source_fingerprint, self.mapping_hash, self._settings_key, str(lane), str(seq)]
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 

@@ -172,12 +172,18 @@ class Source:
 
     def batches(self, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
         """Stream the given columns (plus ``__row__``) in bounded batches."""
-        frame = self.scan().select([ROW, *columns])
         windows = self._parquet_windows(batch_rows) if self.format == "parquet" else None
         try:
             if windows is None:
-                yield from frame.collect_batches(chunk_size=batch_rows)
+                # the row number is added per batch: in the plan it makes polars read further
+                # ahead of a slower consumer (measured on CSV)
+                plain = self._scan_parquet() if self.format == "parquet" else self._scan_csv()
+                first = 1
+                for batch in plain.select(columns).collect_batches(chunk_size=batch_rows):
+                    yield batch.with_row_index(ROW, offset=first)
+                    first += batch.height
                 return
+            frame = self.scan().select([ROW, *columns])
             # polars' batch stream reads a Parquet file ahead of a slower consumer (measured:
             # ~1 GB for 10M rows); a window of whole row groups at a time keeps memory bounded
             for start, length in windows:
