@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
+from helpers import CONTRACT_SUMMARY_KEYS
 
 from importer.cli import main
 from importer.emulator import EmulatorConfig, EmulatorServer
@@ -53,30 +54,6 @@ WORKSPACE = "ws-e2e"
 # A key long and distinctive enough that finding it anywhere is never a coincidence.
 API_KEY = "sk-live-7Hq2ZxW9pL4mN8rT3vY6bC1d"
 OPERATOR_ORDER = ("$set", "$once", "$add", "$append", "$remove", "$unset")  # as Fyno applies them
-CONTRACT_SUMMARY_KEYS = frozenset(
-    {
-        "run_id",
-        "exit_code",
-        "error",
-        "rows_read",
-        "rows_valid",
-        "rows_rejected",
-        "items_sent",
-        "bytes_sent",
-        "chunks_total",
-        "chunks_accepted",
-        "chunks_failed",
-        "chunks_ambiguous",
-        "chunks_skipped",
-        "item_errors",
-        "retries",
-        "sources_skipped",
-        "elapsed_s",
-        "ledger",
-        "rejects",
-        "sources",
-    }
-)
 CONTRACT_SOURCE_KEYS = frozenset({"source", "rows_read", "rows_rejected", "skipped"})
 EXPORT_COLUMNS = [
     "run_id",

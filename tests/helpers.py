@@ -132,3 +132,30 @@ def check_item_shape(item: dict[str, Any]) -> None:
             if isinstance(scalar, list):
                 assert all(isinstance(x, (str, int, float)) for x in scalar), item
                 assert all(len(x) <= 255 for x in scalar if isinstance(x, str)), item
+
+
+# The keys the contract's JSON summary holds at least (contract.md, "The summary").
+CONTRACT_SUMMARY_KEYS = frozenset(
+    {
+        "run_id",
+        "exit_code",
+        "error",
+        "rows_read",
+        "rows_valid",
+        "rows_rejected",
+        "items_sent",
+        "bytes_sent",
+        "chunks_total",
+        "chunks_accepted",
+        "chunks_failed",
+        "chunks_ambiguous",
+        "chunks_skipped",
+        "item_errors",
+        "retries",
+        "sources_skipped",
+        "elapsed_s",
+        "ledger",
+        "rejects",
+        "sources",
+    }
+)
