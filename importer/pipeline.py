@@ -555,9 +555,7 @@ class _LedgerRecorder:
 
     def record_waiting(self, chunk: Chunk, error: str) -> None:
         """A $add chunk surely not applied waits for its retry: resendable after a crash."""
-        if len(self._secret) >= 4:  # as _without_secret: the sender's text may echo the server
-            error = error.replace(self._secret, "***")
-        self.ledger.mark_waiting(self.run_id, chunk.chunk_id, error)
+        self.ledger.mark_waiting(self.run_id, chunk.chunk_id, _scrub(error, self._secret))
 
     def record_outcome(self, chunk: Chunk, outcome: ChunkOutcome) -> None:
         """Write the final answer, then show it."""
@@ -580,6 +578,14 @@ class _LedgerRecorder:
             )
 
 
+_MIN_SECRET = 4  # shorter cannot be told from ordinary text; never the case for a real key
+
+
+def _scrub(text: str, secret: str) -> str:
+    """The text with the key cut out (a server may echo the Authorization header)."""
+    return text.replace(secret, "***") if len(secret) >= _MIN_SECRET else text
+
+
 def _without_secret(outcome: ChunkOutcome, secret: str) -> ChunkOutcome:
     """The outcome with the key cut out of every text the server chose.
 
@@ -587,11 +593,11 @@ def _without_secret(outcome: ChunkOutcome, secret: str) -> ChunkOutcome:
     id or a per-item status of a 202, which the sender keeps verbatim; nothing of that may reach
     the ledger, or from there `ledger show` and `ledger export`.
     """
-    if len(secret) < 4:  # too short to tell from ordinary text; never the case for a real key
+    if len(secret) < _MIN_SECRET:
         return outcome
 
     def clean(text: str | None) -> str | None:
-        return None if text is None else text.replace(secret, "***")
+        return None if text is None else _scrub(text, secret)
 
     return replace(
         outcome,
