@@ -33,8 +33,9 @@ from rich.progress import (
 from rich.table import Table
 
 from importer import __version__
+from importer.config.settings import Settings
 from importer.errors import ImporterError, UsageError
-from importer.mapping import Mapping, Settings, load_mapping
+from importer.mapping import Mapping, load_mapping
 from importer.model import ChunkStatus
 from importer.pipeline import (
     DEFAULT_BASE_URL,

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from importer.config.settings import Settings
 from importer.errors import MappingError
 
 Operator = Literal["set", "once", "add", "append", "remove", "unset"]
@@ -119,25 +120,6 @@ class SourceOptions(_Frozen):
     storage_options: Annotated[
         dict[str, str], Field(description="options for s3://, gs://, az:// sources")
     ] = Field(default_factory=dict)
-
-
-class Settings(_Frozen):
-    """Defaults for the run options marked * in the contract; the command line wins."""
-
-    batch_size: Annotated[int, Field(ge=1, description="most items in one request")] = 500
-    max_batch_bytes: Annotated[int, Field(ge=64, description="most bytes in one request body")] = (
-        1_000_000
-    )
-    concurrency: Annotated[int, Field(ge=1, le=1024, description="most requests in flight")] = 8
-    rate_limit: Annotated[
-        float, Field(ge=0, description="most requests started per second (0 = none)")
-    ] = 0.0
-    max_retries: Annotated[int, Field(ge=0, description="tries after the first")] = 6
-    timeout: Annotated[float, Field(gt=0, description="per-request timeout, seconds")] = 30.0
-    max_reject_rate: Annotated[
-        float, Field(ge=0, le=1, description="largest invalid fraction before sending stops")
-    ] = 0.05
-    allow_empty: Annotated[bool, Field(description="no files or no rows is not an error")] = False
 
 
 class Mapping(_Frozen):

@@ -22,8 +22,9 @@ import annotated_types
 import polars as pl
 from pydantic import BaseModel
 
+from importer.config.settings import Settings
 from importer.errors import SourceError
-from importer.mapping import Mapping, PropertySpec, Settings, SourceOptions, load_mapping
+from importer.mapping import Mapping, PropertySpec, SourceOptions, load_mapping
 from importer.sources import Format, Source, resolve_sources
 from importer.transform import Transformer
 

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class ChunkStatus(StrEnum):
-    """Where a chunk stands in the ledger."""
+    """Where a chunk stands in the ledger; the predicates are the only place its rules live."""
 
     PENDING = "pending"  # not applied: never sent, or waiting for a retry after a 429/500/503
     IN_FLIGHT = "in_flight"  # recorded before sending; final answer not yet recorded
@@ -16,6 +16,71 @@ class ChunkStatus(StrEnum):
     REFUSED = "refused"  # the API answered 400: resending unchanged cannot help
     AMBIGUOUS = "ambiguous"  # carries $add and may have been applied: never resent blindly
     ABANDONED = "abandoned"  # closed by a person with `ledger resolve --as abandoned`
+
+    @property
+    def is_settled(self) -> bool:
+        """Final for `run`: a resumed run does not send it again (retry or a person may)."""
+        return self in _SETTLED
+
+    @property
+    def is_open(self) -> bool:
+        """Someone still has to deal with it: `retry`, or a person with `ledger resolve`."""
+        return self in _OPEN
+
+    @property
+    def is_failure(self) -> bool:
+        """Not applied as asked: reported, exported with `ledger export --failures`."""
+        return self in _FAILURES
+
+    @property
+    def is_resolvable(self) -> bool:
+        """A person may close it with `ledger resolve`."""
+        return self in _FAILURES
+
+    @property
+    def is_resolution(self) -> bool:
+        """What `ledger resolve --as` may set."""
+        return self in (ChunkStatus.ACCEPTED, ChunkStatus.ABANDONED)
+
+    def resendable(self, *, include_ambiguous: bool = False) -> bool:
+        """`retry` resends it: failed transiently, left in flight or pending by a killed process
+        (an in-flight $add chunk is made ambiguous before this is asked), or ambiguous if asked."""
+        return self in _RESENDABLE or (include_ambiguous and self is ChunkStatus.AMBIGUOUS)
+
+    @classmethod
+    def resendable_set(cls, *, include_ambiguous: bool = False) -> frozenset[ChunkStatus]:
+        """Every status that ``resendable`` accepts."""
+        return frozenset(s for s in cls if s.resendable(include_ambiguous=include_ambiguous))
+
+
+_SETTLED = frozenset(
+    {ChunkStatus.ACCEPTED, ChunkStatus.AMBIGUOUS, ChunkStatus.REFUSED, ChunkStatus.ABANDONED}
+)
+_FAILURES = frozenset({ChunkStatus.FAILED, ChunkStatus.REFUSED, ChunkStatus.AMBIGUOUS})
+_OPEN = _FAILURES | {ChunkStatus.IN_FLIGHT, ChunkStatus.PENDING}
+_RESENDABLE = frozenset({ChunkStatus.FAILED, ChunkStatus.IN_FLIGHT, ChunkStatus.PENDING})
+
+
+class RunStatus(StrEnum):
+    """Where a run stands in the ledger."""
+
+    RUNNING = "running"  # started; a process holds the ledger's lock (or was killed holding it)
+    FINISHED = "finished"  # every chunk has its final answer
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM; run the same command again to resume
+    ABORTED = "aborted"  # stopped by an error (401, a ledger write); resumable once fixed
+
+    @property
+    def is_finished(self) -> bool:
+        """The run came to its end (its chunks may still have failed)."""
+        return self is RunStatus.FINISHED
+
+
+class SourceStatus(StrEnum):
+    """Where one source of a run stands in the ledger."""
+
+    PENDING = "pending"  # not completely read and chunked yet
+    CHUNKED = "chunked"  # every chunk carrying its rows is known
+    SKIPPED = "skipped"  # already imported by another run
 
 
 @dataclass(frozen=True, slots=True)

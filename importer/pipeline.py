@@ -35,6 +35,7 @@ import httpx
 import polars as pl
 
 from importer.chunker import Chunker, ChunkSettings, shard_of
+from importer.config.settings import Settings
 from importer.errors import (
     EmptySourceError,
     ImporterError,
@@ -47,7 +48,7 @@ from importer.errors import (
     UsageError,
 )
 from importer.ledger import Ledger, PackedChunk, RunInfo, pack_chunk
-from importer.mapping import Mapping, Settings
+from importer.mapping import Mapping
 from importer.model import Chunk, ChunkOutcome, ChunkStatus
 from importer.sender import SendConfig, Sender, SendStats
 from importer.sources import ROW, Source, resolve_sources
