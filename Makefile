@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo lint bench soak package docs sample clean
+.PHONY: help install test demo lint shape bench soak package docs sample clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,10 +28,13 @@ demo: $(STAMP) ## import sample_data/ into the built-in emulator, with progress 
 		--show-profiles 3 --rejects demo.rejects.csv || [ $$? -eq 1 ]
 	@echo "demo done: rejected rows and their reasons are in demo.rejects.csv"
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy --strict on importer/
-	$(BIN)/ruff check importer tests bench
-	$(BIN)/ruff format --check importer tests bench
+lint: $(STAMP) shape ## ruff (lint + format check), mypy --strict on importer/, and the shape check
+	$(BIN)/ruff check importer tests bench tools
+	$(BIN)/ruff format --check importer tests bench tools
 	$(BIN)/mypy
+
+shape: ## the longest functions and modules of importer/; fails over 80 / 600 lines
+	@$(PYTHON) tools/shape.py importer
 
 bench: $(STAMP) ## run the benchmark suite and rewrite docs/benchmarks.md
 	$(BIN)/python -m bench
@@ -43,7 +46,7 @@ package: $(STAMP) ## build the wheel and check it installs and runs in a fresh v
 	$(BIN)/python -m pytest -m package -q
 
 docs: $(STAMP) ## regenerate the key reference in docs/mapping.md from the mapping model
-	$(BIN)/python -m importer.mapping_tools docs/mapping.md
+	$(BIN)/python -m importer.mapping.tools docs/mapping.md
 
 sample: $(STAMP) ## regenerate sample_data/ from its script
 	$(BIN)/python sample_data/generate.py

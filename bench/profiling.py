@@ -65,7 +65,7 @@ def stages(source: Path) -> tuple[dict[str, float], str]:
 
     from importer.chunker import Chunker, ChunkSettings
     from importer.mapping import load_mapping
-    from importer.pipeline import READ_BATCH_ROWS
+    from importer.pipeline.reading import READ_BATCH_ROWS
     from importer.sources import resolve_sources
     from importer.transform import Transformer
 

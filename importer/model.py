@@ -84,6 +84,15 @@ class SourceStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PackedChunk:
+    """A chunk's body, rows and ids, compressed as the ledger stores them before sending."""
+
+    body_z: bytes
+    rows_z: bytes
+    ids_z: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """One request body's worth of items, all from one source and one lane."""
 
@@ -96,6 +105,8 @@ class Chunk:
     rows: list[int] = field(repr=False)  # 1-based source row of each item, in body order
     distinct_ids: list[str] = field(repr=False)  # distinct_id of each item, in body order
     has_add: bool = False  # carries $add: not idempotent, never resent when its fate is unknown
+    # compressed for the ledger off the event loop (by the reader thread), when it will be sent
+    packed: PackedChunk | None = field(default=None, repr=False, compare=False)
 
     @property
     def items(self) -> int:

@@ -25,9 +25,10 @@ from click.testing import CliRunner, Result
 from helpers import MAPPINGS, ROOT, SAMPLE_DATA
 
 from importer.cli import main
+from importer.config.settings import Settings
 from importer.emulator import EmulatorConfig, EmulatorServer
-from importer.mapping import Mapping, PropertySpec, Settings, SourceOptions, load_mapping
-from importer.mapping_tools import BEGIN_MARK, END_MARK, reference_markdown
+from importer.mapping import Mapping, PropertySpec, SourceOptions, load_mapping
+from importer.mapping.tools import BEGIN_MARK, END_MARK, reference_markdown
 
 DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
@@ -117,7 +118,7 @@ def test_the_readme_starts_with_the_quickstart() -> None:
 
 def test_the_mapping_reference_is_generated_from_the_model() -> None:
     """The generated part of docs/mapping.md is what the model gives today (to refresh it:
-    `python -m importer.mapping_tools docs/mapping.md`)."""
+    `python -m importer.mapping.tools docs/mapping.md`)."""
     text = (DOCS / "mapping.md").read_text(encoding="utf-8")
     start, end = text.index(BEGIN_MARK), text.index(END_MARK) + len(END_MARK)
     assert text[start:end] == reference_markdown()

@@ -220,7 +220,8 @@ def test_an_s3_glob_and_a_prefix_read_like_a_local_directory(
         bucket.url("p/b.csv"),
         bucket.url("p/users.parquet"),
     ]
-    assert any("_SUCCESS" in n for n in notices) and any("readme.txt" in n for n in notices)
+    assert any("_SUCCESS" in n.path for n in notices)
+    assert any("readme.txt" in n.path for n in notices)
 
     rejects = tmp_path / "r.csv"
     code, summary, err = invoke(

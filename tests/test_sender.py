@@ -25,7 +25,7 @@ import pytest
 
 from importer.errors import AuthError, LedgerWriteError
 from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError
-from importer.sender import SendConfig, Sender, SendStats, parse_retry_after
+from importer.send import SendConfig, Sender, SendStats, parse_retry_after
 
 T = TypeVar("T")
 URL = "https://api.test/v1/WS/live/profiles/properties/batch"
@@ -959,14 +959,14 @@ def test_invalid_config_is_refused() -> None:
 )
 def test_the_all_ok_shortcut_never_hides_an_item_status(answer: bytes, all_ok: bool) -> None:
     """The byte-level "every status is ok" shortcut says yes only when that is true."""
-    from importer.sender import _all_ok
+    from importer.send.answers import _all_ok
 
     assert _all_ok(answer) is all_ok
 
 
 def test_a_compact_all_ok_answer_gives_the_same_outcome_as_a_parsed_one() -> None:
     """Fyno's compact 202 is read on the bytes: same request id, no item errors, as when parsed."""
-    from importer.sender import _accepted
+    from importer.send.answers import _accepted
 
     answer = {"request_id": "0f3c-91aa.7", "batch": [{"$set": "ok", "$add": "ok"}] * 3}
     compact = httpx.Response(202, content=orjson.dumps(answer))

@@ -1,4 +1,4 @@
-"""Turning SOURCE arguments into readable sources: paths, directories, globs, URLs.
+"""One source file (or object) of an import, read in bounded batches.
 
 Each ``Source`` is one file. It knows its format, gives a polars ``LazyFrame`` with a 1-based
 ``__row__`` column (the data record number, header not counted) and is read in bounded batches,
@@ -9,15 +9,10 @@ ETag and size (remote objects): the path is not part of it, so a renamed file is
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import csv
-import glob as globlib
 import gzip
 import hashlib
-import os
-import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,28 +23,12 @@ import pyarrow.parquet as pq
 
 from importer.errors import EmptySourceError, SourceError
 from importer.mapping import SourceOptions
+from importer.sources.problems import locate_csv_problem, transcode_latin1
 
 Format = Literal["csv", "parquet"]
 ROW = "__row__"
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "https://", "http://")
-_SUFFIXES: dict[str, Format] = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".csv.gz": "csv",
-    ".tsv.gz": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _WINDOW_BATCHES = 4  # small row groups are read together, up to about this many batches
-
-
-def _suffix_format(name: str) -> Format | None:
-    lower = name.lower()
-    for suffix, fmt in sorted(_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
-        if lower.endswith(suffix):
-            return fmt
-    return None
 
 
 def is_remote(name: str) -> bool:
@@ -85,7 +64,7 @@ class Source:
         """A stable hash of the content (local) or of ETag and size (remote)."""
         if self._fingerprint is None:
             if self.remote:
-                from importer.remote import remote_fingerprint
+                from importer.sources.remote import remote_fingerprint
 
                 self._fingerprint = remote_fingerprint(self.name, self.options.storage_options)
             else:
@@ -107,11 +86,11 @@ class Source:
             return self.name
         if self._transcoded is None:
             if self.remote:
-                from importer.remote import download_latin1_as_utf8
+                from importer.sources.remote import download_latin1_as_utf8
 
                 self._transcoded = download_latin1_as_utf8(self.name, self.options.storage_options)
             else:
-                self._transcoded = _transcode_latin1(Path(self.name))
+                self._transcoded = transcode_latin1(Path(self.name))
         return str(self._transcoded)
 
     def columns(self) -> list[str]:
@@ -240,7 +219,7 @@ class Source:
                 hint="check the export that produced it, or pass --allow-empty",
             )
         if self.format == "csv" and not self.remote:
-            located = _locate_csv_problem(self._csv_path(), self.delimiter)
+            located = locate_csv_problem(self._csv_path(), self.delimiter)
             if located is not None:
                 where, problem, hint = located
                 return SourceError(f"{self.name}: {where}: {problem}", hint=hint)
@@ -250,138 +229,3 @@ class Source:
                 hint="the file may be truncated or still being written; export it again",
             )
         return SourceError(f"{self.name}: cannot read the file: {text}")
-
-
-def _transcode_latin1(path: Path) -> Path:
-    """Write a UTF-8 copy of a Latin-1 file, block by block (never the whole file in memory)."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    fd, tmp = tempfile.mkstemp(prefix="fyno-import-", suffix=".csv")
-    try:
-        with opener(path, "rb") as src, os.fdopen(fd, "wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block.decode("latin-1").encode("utf-8"))
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return Path(tmp)
-
-
-def _locate_csv_problem(path: str, delimiter: str) -> tuple[str, str, str | None] | None:
-    """Find the first invalid UTF-8 byte or ragged record of a CSV, for the error message."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, line = 0, 1
-    try:
-        with opener(path, "rb") as handle:
-            while block := handle.read(1 << 16):
-                # exc.start counts from the bytes the decoder held back from the previous
-                # block (a partial character), so index that same buffer, not the block alone
-                held = decoder.getstate()[0]
-                try:
-                    decoder.decode(block)
-                except UnicodeDecodeError as exc:
-                    data = held + block
-                    bad = offset - len(held) + exc.start
-                    bad_line = line + data[: exc.start].count(b"\n")
-                    return (
-                        f"line {bad_line}, byte {bad}",
-                        f"not valid UTF-8 (byte 0x{data[exc.start]:02x})",
-                        "if the file is Latin-1, add `source: encoding: latin1` to the mapping",
-                    )
-                offset += len(block)
-                line += block.count(b"\n")
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as text:
-            reader = csv.reader(text, delimiter=delimiter, strict=True)
-            header = next(reader, None)
-            if header is None:
-                return None
-            number = 0
-            while True:
-                number += 1
-                line = reader.line_num + 1  # where this record starts
-                try:
-                    record = next(reader)
-                except StopIteration:
-                    return None
-                except csv.Error as exc:
-                    return (
-                        f"row {number} (from line {line})",
-                        f"not valid CSV: {exc}",
-                        "a quote opened there is never closed, or a quote stands inside an "
-                        "unquoted value; fix the export's quoting",
-                    )
-                if len(record) > len(header):
-                    return (
-                        f"row {number}",
-                        f"{len(record)} fields where the header has {len(header)}",
-                        "fix the row (a delimiter inside an unquoted value?) and export again",
-                    )
-    except (OSError, csv.Error, EOFError):
-        return None
-
-
-def resolve_sources(
-    args: list[str], *, format: Format | None = None, options: SourceOptions | None = None
-) -> tuple[list[Source], list[str]]:
-    """Expand SOURCE arguments into files, in order; returns (sources, notices of skipped files)."""
-    options = options or SourceOptions()
-    sources: list[Source] = []
-    notices: list[str] = []
-
-    def add(name: str, explicit: bool) -> None:
-        fmt = format or _suffix_format(name)
-        if fmt is None:
-            if explicit:
-                raise SourceError(
-                    f"{name}: unknown format (expected .csv, .tsv, .csv.gz, .parquet or .pq)",
-                    hint="pass --format csv or --format parquet",
-                )
-            notices.append(f"ignored {name}: not a CSV or Parquet file")
-            return
-        sources.append(Source(name=name, format=fmt, options=options))
-
-    for arg in args:
-        if is_remote(arg):
-            if _GLOB_CHARS.search(arg) or arg.endswith("/"):  # a glob, or a prefix as a folder
-                from importer.remote import expand_remote_glob
-
-                for name in expand_remote_glob(arg, options.storage_options):
-                    if name.rsplit("/", 1)[-1].startswith((".", "_")):
-                        notices.append(f"ignored {name}: hidden or marker object")
-                        continue
-                    add(name, explicit=False)
-            else:
-                add(arg, explicit=True)
-            continue
-        path = Path(arg)
-        if path.is_dir():
-            for entry in sorted(path.iterdir(), key=lambda p: p.name):
-                if entry.name.startswith((".", "_")) or not entry.is_file():
-                    notices.append(f"ignored {entry}: hidden, marker or not a regular file")
-                    continue
-                add(str(entry), explicit=False)
-        elif _GLOB_CHARS.search(arg) and not path.exists():
-            # the whole path: a glob over dated folders (2024-01-*/users.csv) is in date order
-            for name in sorted(globlib.glob(arg)):
-                if Path(name).name.startswith((".", "_")) or not Path(name).is_file():
-                    notices.append(f"ignored {name}: hidden, marker or not a regular file")
-                    continue
-                add(name, explicit=False)
-        elif path.exists():
-            if _is_fifo(path):
-                raise SourceError(
-                    f"{arg}: is a pipe (FIFO); a source is read twice (validated, then sent)",
-                    hint="write the data to a file first and import the file",
-                )
-            if not path.is_file():
-                raise SourceError(f"{arg}: not a regular file")
-            add(arg, explicit=True)
-        else:
-            raise SourceError(f"{arg}: no such file or directory")
-    return sources, notices
-
-
-def _is_fifo(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        return path.is_fifo()
-    return False

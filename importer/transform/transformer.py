@@ -1,13 +1,13 @@
 """Mapping + a batch of source rows → Fyno batch items (already JSON) and rejects with reasons.
 
 Everything here is a polars expression: no Python loop touches a row. For each mapped column
-``_convert`` gives two expressions over the same input, the converted value and the reason it
+``convert`` gives two expressions over the same input, the converted value and the reason it
 is invalid (null when valid). The same function serves a plain cell and, inside ``list.eval``,
 each piece of a ``split`` cell, so the value rules are written once.
 
 Item JSON is assembled by string concatenation of per-property fragments (``"name":value``), so
 a skipped property is left out instead of being sent as ``null`` (which ``json_encode`` would do).
-Values are JSON-encoded by polars (``_json_value``), so escaping is polars' own.
+Values are JSON-encoded by polars (``json_value``), so escaping is polars' own.
 
 A row becomes several items when it has ``append``/``remove`` columns with ``split``: item k
 carries the k-th piece of each such column, and the first item also carries every other operator.
@@ -23,14 +23,18 @@ import polars as pl
 from importer.errors import MappingError
 from importer.mapping import OPERATOR_KEYS, OPERATORS, Mapping, Operator, PropertySpec, ValueType
 from importer.sources import ROW
+from importer.transform.values import (
+    MAX_I64,
+    MAX_STRING,
+    Converted,
+    convert,
+    default_type,
+    json_value,
+    reason_text,
+    split_pieces,
+)
 
-MAX_STRING = 255  # Fyno's limit, in characters (code points)
 BODY_OVERHEAD = len('{"batch":[]}')
-_NUMBER = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
-_TRUE = ["true", "t", "yes", "y", "1"]
-_FALSE = ["false", "f", "no", "n", "0"]
-_MAX_I64 = 2.0**63
-_SHOWN = 60  # characters of a bad value quoted in a reason
 
 ITEM_SCHEMA = {
     ROW: pl.Int64,
@@ -49,256 +53,6 @@ class TransformResult:
     items: pl.DataFrame  # ITEM_SCHEMA
     rejects: pl.DataFrame  # REJECT_SCHEMA
     rows_valid: int
-
-
-def default_type(spec: PropertySpec, dtype: pl.DataType | None) -> ValueType:
-    """The effective value type of a mapped column: its ``type``, else guessed from the column."""
-    if spec.type is not None:
-        return spec.type
-    if spec.op == "add":
-        return "integer" if dtype is not None and dtype.is_integer() else "number"
-    if spec.op == "unset" and spec.split is None:
-        return "boolean"
-    if dtype is None or dtype == pl.String or spec.split is not None:
-        return "list" if spec.split is not None and spec.op in ("set", "once") else "string"
-    if dtype == pl.Boolean:
-        return "boolean"
-    if dtype.is_integer():
-        return "integer"
-    if dtype.is_float() or dtype.is_decimal():
-        return "number"
-    if dtype == pl.Date:
-        return "date"
-    if isinstance(dtype, pl.Datetime):
-        return "datetime"
-    if isinstance(dtype, (pl.List, pl.Array)):
-        return "list"
-    return "string"
-
-
-def _shown(value: pl.Expr) -> pl.Expr:
-    """A bad value as quoted in a reason, cut to a readable length."""
-    text = value.cast(pl.String)
-    cut = text.str.slice(0, _SHOWN)
-    return pl.when(text.str.len_chars() > _SHOWN).then(cut + "…").otherwise(cut)
-
-
-def _reason(column: str, value: pl.Expr, problem: str) -> pl.Expr:
-    return pl.concat_str([pl.lit(f"column {column}: '"), _shown(value), pl.lit(f"' {problem}")])
-
-
-def _json_value(value: pl.Expr) -> pl.Expr:
-    """JSON text of a value (string, list, …), encoded by polars: ``{"v":X}`` minus the wrapper."""
-    wrapped = pl.struct(value.alias("v")).struct.json_encode()
-    # json_encode writes a null as `null`; a null must stay null so the property is left out
-    return pl.when(value.is_not_null()).then(wrapped.str.slice(5).str.head(-1))
-
-
-def _quoted(text: pl.Expr) -> pl.Expr:
-    """JSON string of text known to need no escaping (dates, datetimes)."""
-    return pl.lit('"') + text + pl.lit('"')
-
-
-def _to_utc_naive(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
-        return value.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-    return value
-
-
-def _datetime_text(value: pl.Expr) -> pl.Expr:
-    """UTC ``2024-03-01T10:00:00Z``, with ``.123`` milliseconds only when not zero."""
-    base = value.dt.to_string("%Y-%m-%dT%H:%M:%S")
-    millis = value.dt.millisecond().cast(pl.String).str.zfill(3)
-    return (
-        pl.when(value.dt.millisecond() != 0).then(base + "." + millis + "Z").otherwise(base + "Z")
-    )
-
-
-def _parse_datetime(text: pl.Expr, fmt: str | None) -> pl.Expr:
-    """Parse ISO 8601 (or ``fmt``) to a naive UTC datetime; offsets are converted, naive is UTC."""
-
-    def aware(pattern: str, source: pl.Expr) -> pl.Expr:
-        parsed = source.str.to_datetime(pattern, strict=False, time_unit="us", time_zone="UTC")
-        return parsed.dt.replace_time_zone(None)
-
-    def naive(pattern: str, source: pl.Expr) -> pl.Expr:
-        return source.str.to_datetime(pattern, strict=False, time_unit="us")
-
-    if fmt is not None:
-        return aware(fmt, text) if "%z" in fmt or "%:z" in fmt else naive(fmt, text)
-    # Rewrite every ISO 8601 variant to one layout, then parse once: a few regex passes cost
-    # far less than trying several parse formats on every value.
-    canonical = (
-        text.str.replace(r"^(\d{4}-\d\d-\d\d)[ tT]", "${1}T")
-        .str.replace(r"^(\d{4}-\d\d-\d\d)$", "${1}T00:00:00")
-        .str.replace(r"T(\d\d:\d\d)([-+zZ]|$)", "T${1}:00${2}")
-        .str.replace(r"[zZ]$", "+00:00")
-        .str.replace(r"([+-]\d\d):?(\d\d)?$", "${1}:${2}")
-        .str.replace(r":$", ":00")
-        .str.replace(r"(T[\d:.]+)$", "${1}+00:00")
-    )
-    return aware("%Y-%m-%dT%H:%M:%S%.f%:z", canonical)
-
-
-@dataclass(frozen=True, slots=True)
-class _Converted:
-    json: pl.Expr  # JSON text of the value; null when the input is null or invalid
-    invalid: pl.Expr  # true when the value breaks a rule (null counts as false)
-    reason: pl.Expr  # why, for a person; evaluated only on the rejected rows
-    # Expensive intermediates (a parsed timestamp) that `json` and `invalid` read by name:
-    # computed once per batch, since polars' CSE does not reach inside nested when/concat_str.
-    prepared: tuple[tuple[str, pl.Expr], ...] = ()
-
-
-def _prepare(expr: pl.Expr, scratch: str | None) -> tuple[pl.Expr, tuple[tuple[str, pl.Expr], ...]]:
-    """Use ``expr`` through a scratch column when one is given (not inside ``list.eval``)."""
-    if scratch is None:
-        return expr, ()
-    return pl.col(scratch), ((scratch, expr),)
-
-
-def _convert(
-    value: pl.Expr,
-    dtype: pl.DataType,
-    vtype: ValueType,
-    spec: PropertySpec,
-    scratch: str | None = None,
-) -> _Converted:
-    """Check and JSON-encode one cell (or split piece) by the mapping's value type."""
-    if vtype == "string":
-        return _convert_string(value, dtype, spec)
-    if vtype in ("integer", "number"):
-        if dtype.is_numeric():
-            return _convert_numeric_column(value, dtype, integer=vtype == "integer", spec=spec)
-        return _convert_number_text(
-            value, dtype, integer=vtype == "integer", spec=spec, scratch=scratch
-        )
-    if vtype == "boolean":
-        return _convert_boolean(value, dtype, spec)
-    if vtype in ("date", "datetime"):
-        return _convert_temporal(
-            value, dtype, date_only=vtype == "date", spec=spec, scratch=scratch
-        )
-    return _convert_list(value, spec)
-
-
-def _convert_string(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> _Converted:
-    if isinstance(dtype, pl.Datetime):
-        text = _datetime_text(_to_utc_naive(value, dtype))
-    else:
-        text = value if dtype == pl.String else value.cast(pl.String)
-    if spec.on_too_long == "truncate":
-        return _Converted(
-            _json_value(text.str.slice(0, MAX_STRING)), pl.lit(False), pl.lit(None, pl.String)
-        )
-    too_long = text.str.len_chars() > MAX_STRING
-    problem = pl.concat_str(
-        [
-            pl.lit(f"column {spec.column}: "),
-            text.str.len_chars().cast(pl.String),
-            pl.lit(f" characters, over Fyno's {MAX_STRING} (or set on_too_long: truncate)"),
-        ]
-    )
-    return _Converted(pl.when(~too_long).then(_json_value(text)), too_long, problem)
-
-
-def _convert_numeric_column(
-    value: pl.Expr, dtype: pl.DataType, *, integer: bool, spec: PropertySpec
-) -> _Converted:
-    """Integer, float and Decimal columns; Decimals go out as JSON numbers, never strings."""
-    number = value.cast(pl.Float64) if dtype.is_decimal() else value
-    finite = number.is_finite() if dtype.is_float() or dtype.is_decimal() else pl.lit(True)
-    if integer and not dtype.is_integer():
-        ok = finite & (number.floor() == number) & (number.abs() < _MAX_I64)
-        out = number.cast(pl.Int64, strict=False).cast(pl.String)
-        problem = "is not an integer"
-    else:
-        ok, out = finite, number.cast(pl.String)
-        problem = "is not a finite number"
-    return _Converted(pl.when(ok).then(out), ~ok, _reason(spec.column, value, problem))
-
-
-def _convert_number_text(
-    value: pl.Expr, dtype: pl.DataType, *, integer: bool, spec: PropertySpec, scratch: str | None
-) -> _Converted:
-    """Numbers written as text: no thousands separators, no NaN or infinity; 1e3 is 1000."""
-    text = (value if dtype == pl.String else value.cast(pl.String)).str.strip_chars()
-    shaped = text.str.contains(_NUMBER)
-    as_float = text.cast(pl.Float64, strict=False)
-    parsed: pl.Expr
-    if integer:
-        direct = text.str.to_integer(strict=False)
-        whole = (as_float.floor() == as_float) & (as_float.abs() < _MAX_I64)
-        via_float = pl.when(whole).then(as_float.cast(pl.Int64, strict=False))
-        parsed = pl.when(shaped).then(pl.coalesce(direct, via_float))
-        problem = "is not an integer"
-    else:
-        parsed = pl.when(shaped & as_float.is_finite()).then(as_float)
-        problem = "is not a number"
-    separated = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
-    reason = (
-        pl.when(separated)
-        .then(_reason(spec.column, value, problem + " (no thousands separators)"))
-        .otherwise(_reason(spec.column, value, problem))
-    )
-    parsed, prepared = _prepare(parsed, scratch)
-    invalid = value.is_not_null() & parsed.is_null()
-    return _Converted(parsed.cast(pl.String), invalid, reason, prepared)
-
-
-def _convert_boolean(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> _Converted:
-    if dtype == pl.Boolean:
-        return _Converted(
-            value.cast(pl.String).str.to_lowercase(), pl.lit(False), pl.lit(None, pl.String)
-        )
-    text = value.cast(pl.String).str.strip_chars().str.to_lowercase()
-    parsed: pl.Expr = (
-        pl.when(text.is_in(_TRUE))
-        .then(pl.lit("true"))
-        .when(text.is_in(_FALSE))
-        .then(pl.lit("false"))
-    )
-    reason = _reason(spec.column, value, "is not a boolean (true/false, yes/no, y/n, t/f, 1/0)")
-    return _Converted(parsed, value.is_not_null() & parsed.is_null(), reason)
-
-
-def _convert_temporal(
-    value: pl.Expr, dtype: pl.DataType, *, date_only: bool, spec: PropertySpec, scratch: str | None
-) -> _Converted:
-    """Dates out as 2024-03-01, datetimes as UTC with Z; typed Parquet columns used as they are."""
-    if dtype == pl.Date:
-        stamp = value.cast(pl.Datetime("us"))
-    elif isinstance(dtype, pl.Datetime):
-        stamp = _to_utc_naive(value, dtype)
-    else:
-        text = value.cast(pl.String).str.strip_chars()
-        if date_only and spec.format is not None:
-            stamp = text.str.to_date(spec.format, strict=False).cast(pl.Datetime("us"))
-        else:
-            stamp = _parse_datetime(text, spec.format)
-    stamp, prepared = _prepare(stamp, scratch)
-    kind = "date" if date_only else "datetime"
-    layout = f" in format {spec.format}" if spec.format else " (ISO 8601, or set format:)"
-    out = _quoted(stamp.dt.to_string("%Y-%m-%d")) if date_only else _quoted(_datetime_text(stamp))
-    reason = _reason(spec.column, value, f"is not a {kind}{layout}")
-    return _Converted(out, value.is_not_null() & stamp.is_null(), reason, prepared)
-
-
-def _convert_list(value: pl.Expr, spec: PropertySpec) -> _Converted:
-    """A Parquet list column (a split cell is handled by the caller)."""
-    longest = value.list.eval(pl.element().cast(pl.String).str.len_chars()).list.max()
-    too_long = longest.fill_null(0) > MAX_STRING
-    problem = f"column {spec.column}: a list element is over Fyno's {MAX_STRING} characters"
-    return _Converted(pl.when(~too_long).then(_json_value(value)), too_long, pl.lit(problem))
-
-
-def _pieces(value: pl.Expr, split: str) -> pl.Expr:
-    """A split cell's pieces: trimmed of whitespace, empty ones dropped, in order."""
-    return (
-        value.cast(pl.String)
-        .str.split(split)
-        .list.eval(pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != ""))
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +125,7 @@ class Transformer:
         def check(invalid: pl.Expr, reason: pl.Expr) -> None:
             checks.append(_Check(spec.column, invalid, reason))
 
-        def check_pieces(split: pl.Expr, piece: _Converted) -> None:
+        def check_pieces(split: pl.Expr, piece: Converted) -> None:
             """The row is invalid when any piece is; the reason is the first bad piece's."""
             reasons = split.list.eval(pl.when(piece.invalid).then(piece.reason))
             check(split.list.eval(piece.invalid).list.any(), reasons.list.drop_nulls().list.first())
@@ -387,34 +141,34 @@ class Transformer:
         pieces: pl.Expr | None = None
         if spec.op == "unset":
             if spec.split is not None:
-                names = _pieces(raw, spec.split)
+                names = split_pieces(raw, spec.split)
                 too_long = names.list.eval(pl.element().str.len_chars()).list.max() > MAX_STRING
                 check(
                     too_long,
                     pl.lit(f"column {spec.column}: a property name is over 255 characters"),
                 )
-                encoded = _json_value(names).str.slice(1).str.head(-1)
+                encoded = json_value(names).str.slice(1).str.head(-1)
                 unset.append(pl.when(names.list.len() > 0).then(encoded))
             else:
-                flag = _convert(raw, dtype, "boolean", spec)
+                flag = convert(raw, dtype, "boolean", spec)
                 check(~is_null & flag.invalid, flag.reason)
                 unset.append(pl.when(flag.json == "true").then(pl.lit(name_json)))
         elif spec.split is not None and spec.op in ("append", "remove"):
             ptype: ValueType = "string" if vtype == "list" else vtype
-            piece = _convert(pl.element(), pl.String(), ptype, spec)
-            split = _pieces(raw, spec.split)
+            piece = convert(pl.element(), pl.String(), ptype, spec)
+            split = split_pieces(raw, spec.split)
             check_pieces(split, piece)
             pieces = split.list.eval(pl.concat_str([pl.lit(name_json + ":"), piece.json]))
         elif spec.split is not None:  # a list for set/once, from a split cell
-            piece = _convert(pl.element(), pl.String(), "string", spec)
-            split = _pieces(raw, spec.split)
+            piece = convert(pl.element(), pl.String(), "string", spec)
+            split = split_pieces(raw, spec.split)
             check_pieces(split, piece)
             values = split.list.eval(pl.element().str.slice(0, MAX_STRING))
             fragment = pl.when(~is_null).then(
-                pl.concat_str([pl.lit(name_json + ":"), _json_value(values)])
+                pl.concat_str([pl.lit(name_json + ":"), json_value(values)])
             )
         else:
-            converted = _convert(raw, dtype, vtype, spec, scratch=f"__v{index}__")
+            converted = convert(raw, dtype, vtype, spec, scratch=f"__v{index}__")
             check(~is_null & converted.invalid, converted.reason)
             prepared = converted.prepared
             # a null value gives a null json, and concat_str passes the null on: property left out
@@ -452,7 +206,7 @@ class Transformer:
         elif dtype.is_float():
             number = raw.cast(pl.Float64)
             whole = number.is_finite() & (number.floor() == number)
-            too_large = raw.is_not_null() & whole & (number.abs() >= _MAX_I64)
+            too_large = raw.is_not_null() & whole & (number.abs() >= MAX_I64)
             text = pl.when(whole & ~too_large).then(
                 number.cast(pl.Int64, strict=False).cast(pl.String)
             )
@@ -466,12 +220,12 @@ class Transformer:
             _Check(
                 name,
                 ~missing & unusable,
-                _reason(name, raw, "is not a usable distinct_id (not a whole number)"),
+                reason_text(name, raw, "is not a usable distinct_id (not a whole number)"),
             ),
             _Check(
                 name,
                 ~missing & too_large,
-                _reason(
+                reason_text(
                     name,
                     raw,
                     "is too large for a whole-number distinct_id (a float column holds it exactly "
@@ -604,7 +358,7 @@ class Transformer:
         item = pl.concat_str(
             [
                 pl.lit('{"distinct_id":'),
-                _json_value(pl.col("distinct_id")),
+                json_value(pl.col("distinct_id")),
                 pl.lit(',"action":{'),
                 pl.col("__action"),
                 pl.lit("}}"),

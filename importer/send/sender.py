@@ -22,7 +22,7 @@ builds one. ``Sender.send_all`` pulls chunks from an async iterable and POSTs ea
   surely was not applied (429, 500, 503, or a connect/pool error before anything was sent);
   otherwise it ends ``ambiguous`` at once.
 - **Rate.** One adaptive token schedule for request starts (retries included), shared by every
-  worker: a 429 lowers the rate for all of them, quiet periods raise it again (``_Throttle``).
+  worker: a 429 lowers the rate for all of them, quiet periods raise it again (``Throttle``).
 - **Stopping.** ``stop()`` starts no new request, lets in-flight requests get their answer and be
   recorded, closes chunks waiting for a retry as failed, and lets ``send_all`` return. A 401/403,
   a ``LedgerWriteError`` or an error from the chunk source does the same, then ``send_all``
@@ -32,40 +32,36 @@ builds one. ``Sender.send_all`` pulls chunks from an async iterable and POSTs ea
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import random
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from functools import partial
 from typing import Final, Protocol, TypeVar
 
 import httpx
-import orjson
 
 from importer.errors import AuthError, LedgerWriteError
-from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError
+from importer.model import Chunk, ChunkOutcome, ChunkStatus
+from importer.redact import redact
+from importer.send.answers import NOT_RESENT, Transient, classify, describe_error, transport_failure
+from importer.send.throttle import Throttle
 
 __all__ = [
     "ChunkRecorder",
     "SendConfig",
     "SendStats",
     "Sender",
-    "parse_retry_after",
 ]
 
 T = TypeVar("T")
 
-MESSAGE_LIMIT: Final = 300  # characters kept of a server's error message
 AUTH_MESSAGE: Final = (
     "the API refused the key or workspace (HTTP {status}): "
     "check FYNO_API_KEY / --api-key-file and the workspace id"
 )
-_NOT_RESENT: Final = "may have been applied; $add is not resent"
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
 
 
@@ -125,174 +121,11 @@ class SendStats:
     requests_429: int = 0  # answers with HTTP 429
 
 
-@dataclass(frozen=True, slots=True)
-class _Transient:
-    """One try that failed in a way a later try might not."""
-
-    http_status: int | None
-    error: str  # what happened, key-free
-    resend_safe: bool  # surely not applied: a $add chunk may be sent again
-    retry_after: float | None = None  # seconds the server asked us to wait
-
-
 class _Halted:
     """Marker returned by a wait that was interrupted by a stop."""
 
 
 _HALTED: Final = _Halted()
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (seconds or an HTTP date); None if unusable."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-class _Throttle:
-    """The shared schedule of request starts, adapting to 429 answers.
-
-    Starts are spaced ``1 / rate`` apart (no burst), so with a configured limit R there are never
-    more than R starts per second. ``rate`` None means no limit.
-
-    - **Cut.** A 429 for a request that started after the last cut (so it reflects the current
-      rate, not an older one) sets the rate to ``CUT`` times the rate of answers that were not
-      429 over the last ``WINDOW`` seconds: the best estimate of what the server grants. A cut
-      never raises the rate, never goes below ``FLOOR``, and at most halves it (an estimate taken
-      after an idle spell would be far too low). Without a configured limit the throttle
-      switches on at the first 429, at ``CUT`` times the higher of the accepted and the started
-      rate: answers lag starts, so early on the accepted rate undercounts, and a rate too high is
-      cut again by the next 429 within moments while one too low takes long to climb back.
-    - **Raise.** After ``RAISE_EVERY`` seconds without any 429 and without a change, the rate
-      grows by ``RAISE``, up to the configured limit. Without one it keeps growing and switches
-      off once it is well above the rate actually used (``OFF`` times it): it no longer binds.
-
-    Against a token bucket of 20 requests/s (burst 20, ``Retry-After: 1``) this settles within
-    about 3 s and then accepts about R with about 0.5 % of requests answered 429 (see
-    ``test_sender_adapts_to_a_server_rate_limit``).
-    """
-
-    WINDOW: Final = 2.0
-    CUT: Final = 0.9
-    FLOOR: Final = 1.0
-    RAISE: Final = 1.05
-    RAISE_EVERY: Final = 2.0
-    OFF: Final = 1.5
-    OFF_MIN_STARTS: Final = 10
-    _EPSILON: Final = 1e-9
-
-    def __init__(
-        self,
-        limit: float,
-        *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-    ) -> None:
-        self.limit: float | None = limit if limit > 0 else None
-        self.rate: float | None = self.limit
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = asyncio.Lock()
-        self._last_start = -math.inf
-        self._starts: deque[float] = deque()  # start times within the window
-        self._answers: deque[float] = deque()  # times of non-429 answers within the window
-        self._first_start: float | None = None
-        self._last_429 = -math.inf
-        self._last_cut = -math.inf
-        self._last_change = -math.inf
-
-    def try_acquire(self) -> float | None:
-        """A start time if a request may start right now without waiting, else None."""
-        if self._lock.locked():
-            return None
-        now = self._clock()
-        self._adapt(now)
-        if self.rate is not None and self._last_start + 1 / self.rate - now > self._EPSILON:
-            return None
-        return self._grant(now)
-
-    async def acquire(self) -> float:
-        """Wait for this request's turn to start; return its start time."""
-        async with self._lock:  # FIFO: waiters start in the order they asked
-            while True:
-                now = self._clock()
-                self._adapt(now)
-                if self.rate is None:
-                    break
-                wait = self._last_start + 1 / self.rate - now
-                if wait <= self._EPSILON:
-                    break
-                await self._sleep(wait)  # then look again: the rate may have been cut meanwhile
-            return self._grant(now)
-
-    def answered(self, started: float, *, too_many: bool) -> None:
-        """Take note of an HTTP answer to a request started at ``started``."""
-        now = self._clock()
-        if not too_many:
-            self._answers.append(now)
-            return
-        self._last_429 = now
-        if started < self._last_cut:
-            return  # sent before the last cut: that cut already answered this overshoot
-        if self.rate is None:  # switching on: see the class docstring
-            target = self.CUT * max(self.accepted_rate(now), self.started_rate(now))
-        else:
-            target = min(self.rate, max(self.CUT * self.accepted_rate(now), self.rate / 2))
-        self.rate = max(self.FLOOR, target)
-        self._last_cut = now
-        self._last_change = now
-
-    def accepted_rate(self, now: float) -> float:
-        """Answers per second that were not 429, over the last window."""
-        return self._per_second(self._answers, now)
-
-    def started_rate(self, now: float) -> float:
-        """Request starts per second over the last window."""
-        return self._per_second(self._starts, now)
-
-    def _per_second(self, times: deque[float], now: float) -> float:
-        while times and times[0] < now - self.WINDOW:
-            times.popleft()
-        if self._first_start is None:
-            return 0.0
-        # Early in a run the window is not full yet; a floor of 1 s keeps a burst the server
-        # allowed at first from passing for a sustained rate.
-        span = min(self.WINDOW, max(1.0, now - self._first_start))
-        return len(times) / span
-
-    def _grant(self, now: float) -> float:
-        self._last_start = now
-        self._starts.append(now)
-        if self._first_start is None:
-            self._first_start = now
-        return now
-
-    def _adapt(self, now: float) -> None:
-        if self.rate is None or now - max(self._last_429, self._last_change) < self.RAISE_EVERY:
-            return
-        self._last_change = now
-        if self.limit is not None:
-            self.rate = min(self.limit, self.rate * self.RAISE)
-            return
-        self.rate *= self.RAISE
-        # Off once the limit clearly no longer binds. Too few starts in the window say nothing
-        # (a binding limit of 1/s shows 1 or 2 of them).
-        used = self.started_rate(now)
-        if len(self._starts) >= self.OFF_MIN_STARTS and self.rate >= self.OFF * used:
-            self.rate = None
 
 
 class Sender:
@@ -319,7 +152,7 @@ class Sender:
         self._on_retry = on_retry
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._throttle = _Throttle(config.rate_limit, clock=clock, sleep=sleep)
+        self._throttle = Throttle(config.rate_limit, clock=clock, sleep=sleep)
         self.stopped = False  # stop() was called
         self.stats = SendStats()
         self._running = False
@@ -412,7 +245,7 @@ class Sender:
     async def _send_chunk(self, chunk: Chunk) -> None:
         """Send one chunk until it has a final outcome, or until the run stops."""
         attempts = 0
-        last: _Transient | None = None
+        last: Transient | None = None
         waiting = False  # recorded as waiting: record it in flight again before the retry
         while True:
             started = await self._start_request()
@@ -448,7 +281,7 @@ class Sender:
                         status=ChunkStatus.AMBIGUOUS,
                         attempts=attempts,
                         http_status=last.http_status,
-                        error=f"{last.error}: {_NOT_RESENT}",
+                        error=f"{last.error}: {NOT_RESENT}",
                     ),
                 )
                 return
@@ -504,26 +337,26 @@ class Sender:
 
     async def _try_once(
         self, chunk: Chunk, attempt: int, started: float
-    ) -> ChunkOutcome | _Transient:
+    ) -> ChunkOutcome | Transient:
         """Send the body once and classify the answer."""
         try:
             response = await self._client.post(
                 self._url, content=chunk.body, headers=_JSON_HEADERS, timeout=self._config.timeout
             )
         except httpx.TransportError as exc:
-            return _transport_failure(exc)
+            return transport_failure(exc)
         except httpx.RequestError as exc:  # e.g. an undecodable answer: it did reach the API
             return ChunkOutcome(
                 status=ChunkStatus.AMBIGUOUS if chunk.has_add else ChunkStatus.FAILED,
                 attempts=attempt,
-                error=f"unreadable answer ({_describe(exc)})"
-                + (f": {_NOT_RESENT}" if chunk.has_add else ""),
+                error=f"unreadable answer ({describe_error(exc)})"
+                + (f": {NOT_RESENT}" if chunk.has_add else ""),
             )
         status = response.status_code
         self._throttle.answered(started, too_many=status == 429)
         if status == 429:
             self.stats.requests_429 += 1
-        return _classify(response, attempt)
+        return classify(response, attempt)
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -550,7 +383,7 @@ class Sender:
         if self._on_outcome is not None:
             self._on_outcome(chunk, outcome)
 
-    def _stopped_outcome(self, attempts: int, last: _Transient) -> ChunkOutcome:
+    def _stopped_outcome(self, attempts: int, last: Transient) -> ChunkOutcome:
         return ChunkOutcome(
             status=ChunkStatus.FAILED,
             attempts=attempts,
@@ -573,11 +406,7 @@ class Sender:
     def _redact(self, text: str) -> str:
         """Belt and braces: no message may carry the key, even if a server echoed it."""
         auth = self._client.headers.get("authorization")
-        if auth:
-            secret = auth.split(" ", 1)[-1].strip()
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        return redact(text, [auth.split(" ", 1)[-1].strip()]) if auth else text
 
     async def _unless_halted(self, start: Callable[[], Awaitable[T]]) -> T | _Halted:
         """Await ``start()`` unless the run halts first (then it is cancelled)."""
@@ -602,136 +431,3 @@ async def _next_or_none(chunks: AsyncIterator[Chunk]) -> Chunk | None:
         return await anext(chunks)
     except StopAsyncIteration:
         return None
-
-
-def _classify(response: httpx.Response, attempt: int) -> ChunkOutcome | _Transient:
-    """Turn an HTTP answer into a final outcome or a transient failure."""
-    status = response.status_code
-    retry_after = parse_retry_after(response.headers.get("retry-after"))
-    if 200 <= status < 300:
-        return _accepted(response, attempt)
-    if status in (401, 403):
-        return ChunkOutcome(
-            status=ChunkStatus.FAILED,
-            attempts=attempt,
-            http_status=status,
-            error=f"the API refused the key or workspace (HTTP {status})",
-        )
-    if status == 429:
-        return _Transient(429, "HTTP 429 (rate limited)", resend_safe=True, retry_after=retry_after)
-    if status == 408:
-        return _Transient(408, "HTTP 408 (request timeout)", False, retry_after)
-    if status >= 500:
-        detail = _server_message(response)
-        error = f"HTTP {status}" + (f": {detail}" if detail else "")
-        # 500 and 503 mean the request was not processed; 502/504 come from a proxy that may
-        # have passed it on, and any other 5xx promises nothing.
-        return _Transient(status, error, resend_safe=status in (500, 503), retry_after=retry_after)
-    detail = _server_message(response) or "no message"
-    return ChunkOutcome(
-        status=ChunkStatus.REFUSED,
-        attempts=attempt,
-        http_status=status,
-        error=detail if status == 400 else f"HTTP {status}: {detail}",
-    )
-
-
-def _accepted(response: httpx.Response, attempt: int) -> ChunkOutcome:
-    """A 2xx answer: pick up the request id and every per-item status other than "ok"."""
-    content = response.content
-    request_id: str | None = None
-    errors: list[ItemError] = []
-    plain_id = _PLAIN_REQUEST_ID.match(content)
-    if plain_id is not None and _all_ok(content):
-        # The usual answer: read on the bytes, without building a dict per item (~70 us each).
-        return ChunkOutcome(
-            status=ChunkStatus.ACCEPTED,
-            attempts=attempt,
-            http_status=response.status_code,
-            request_id=plain_id.group(1).decode(),
-        )
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        raw_id = data.get("request_id")
-        request_id = raw_id if isinstance(raw_id, str) else None
-        batch = data.get("batch")
-        for index, entry in enumerate(batch if isinstance(batch, list) else []):
-            if not isinstance(entry, dict):
-                errors.append(ItemError(index, "*", _short(repr(entry), 100)))
-                continue
-            for operator, item_status in entry.items():
-                if item_status != "ok":
-                    errors.append(ItemError(index, str(operator), _short(str(item_status), 100)))
-    return ChunkOutcome(
-        status=ChunkStatus.ACCEPTED,
-        attempts=attempt,
-        http_status=response.status_code,
-        request_id=request_id,
-        item_errors=tuple(errors),
-    )
-
-
-# A compact answer that starts with a plain request id (no escapes): read without parsing.
-_PLAIN_REQUEST_ID: Final = re.compile(rb'\{"request_id":"([0-9A-Za-z._:-]{1,200})","batch":')
-
-
-def _all_ok(content: bytes) -> bool:
-    """True when every per-item status is "ok", checked on the bytes (no loop over items).
-
-    With every ``:"ok"`` removed, a compact ``"batch":[{"$set","$add"},…]`` has no colon left.
-    Any other spelling or status leaves one, and the caller then looks at each item.
-    """
-    start = content.find(b'"batch":')
-    return start >= 0 and b":" not in content[start + 8 :].replace(b':"ok"', b"")
-
-
-# What each transport error says about whether the body may have reached the API.
-_BEFORE_SENDING: Final[tuple[tuple[type[httpx.TransportError], str], ...]] = (
-    (httpx.ConnectTimeout, "connect timeout"),
-    (httpx.ConnectError, "could not connect"),
-    (httpx.PoolTimeout, "no free connection in time (pool timeout)"),
-)
-_MAYBE_SENT: Final[tuple[tuple[type[httpx.TransportError], str], ...]] = (
-    (httpx.ReadTimeout, "read timeout after the body was sent"),
-    (httpx.WriteTimeout, "write timeout while the body was being sent"),
-    (httpx.RemoteProtocolError, "connection dropped without an answer"),
-    (httpx.ReadError, "connection broken while waiting for the answer"),
-    (httpx.WriteError, "connection broken while the body was being sent"),
-)
-
-
-def _transport_failure(exc: httpx.TransportError) -> _Transient:
-    """Classify a transport error: was the request surely not applied?"""
-    for kind, text in _BEFORE_SENDING:
-        if isinstance(exc, kind):
-            return _Transient(None, f"{text} ({_describe(exc)})", resend_safe=True)
-    for kind, text in _MAYBE_SENT:
-        if isinstance(exc, kind):
-            return _Transient(None, f"{text} ({_describe(exc)})", resend_safe=False)
-    return _Transient(None, f"transport error ({_describe(exc)})", resend_safe=False)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return type(exc).__name__ + (f": {_short(text, 150)}" if text else "")
-
-
-def _server_message(response: httpx.Response) -> str | None:
-    """The ``_message`` of a JSON error body (never raw text: a proxy page could echo headers)."""
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    if isinstance(data, dict):
-        for key in ("_message", "message", "error"):
-            value = data.get(key)
-            if isinstance(value, str) and value.strip():
-                return _short(value.strip(), MESSAGE_LIMIT)
-    return None
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,7 +1,7 @@
 """Mapping tooling: a commented starter mapping from a file's columns, checking a mapping, and the
 reference of every mapping key (the generated part of ``docs/mapping.md``).
 
-``python -m importer.mapping_tools docs/mapping.md`` rewrites the generated reference in that
+``python -m importer.mapping.tools docs/mapping.md`` rewrites the generated reference in that
 file from the pydantic model, so the documentation cannot drift from what ``load_mapping``
 accepts (a test compares the two).
 """
@@ -315,7 +315,7 @@ def check_mapping(path: Path, source_arg: str | None, fmt: str | None = None) ->
 
 # --- the key reference of docs/mapping.md ---------------------------------------------------
 
-BEGIN_MARK = "<!-- BEGIN GENERATED: python -m importer.mapping_tools docs/mapping.md -->"
+BEGIN_MARK = "<!-- BEGIN GENERATED: python -m importer.mapping.tools docs/mapping.md -->"
 END_MARK = "<!-- END GENERATED -->"
 _SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("Top level", Mapping, "The keys of a mapping file."),

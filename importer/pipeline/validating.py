@@ -1,0 +1,116 @@
+"""Pass 1: read and validate every source completely, before anything is sent.
+
+It writes the rejects file, counts rows, items and the chunks they would make, and enforces the
+reject rate; ``validate`` (the command, and ``run --dry-run``) is this pass alone.
+"""
+
+from __future__ import annotations
+
+from importer.chunker import Chunker
+from importer.config.settings import Settings
+from importer.errors import RejectRateError, SourceError
+from importer.events import NullReporter, Phase, PhaseStarted, Reporter, RowsRead
+from importer.pipeline.options import ImportOptions
+from importer.pipeline.reading import (
+    Prepared,
+    RejectsWriter,
+    close_all,
+    open_sources,
+    prepare_all,
+    row_total,
+    transformed,
+)
+from importer.pipeline.signals import sigterm_stops_the_command
+from importer.pipeline.summary import RunSummary, SourceSummary
+
+
+def validate(
+    options: ImportOptions, summary: RunSummary, reporter: Reporter | None = None
+) -> RunSummary:
+    """Read and validate the sources; count the chunks they would make. Sends nothing."""
+    with sigterm_stops_the_command():
+        return _validate(options, summary, reporter or NullReporter())
+
+
+def _validate(options: ImportOptions, summary: RunSummary, reporter: Reporter) -> RunSummary:
+    summary.dry_run = options.dry_run
+    sources = open_sources(
+        options.sources, options.mapping, options.format, reporter, options.settings.allow_empty
+    )
+    try:
+        prepared = prepare_all(sources, options.mapping, options.settings, reporter)
+        summary.sources = [SourceSummary(source=p.source.name) for p in prepared]
+        validate_all(prepared, options, summary, reporter)
+        if options.dry_run:
+            check_reject_rate(summary, options.settings)
+    finally:
+        close_all(sources)
+    return summary
+
+
+def validate_all(
+    prepared: list[Prepared], options: ImportOptions, summary: RunSummary, reporter: Reporter
+) -> None:
+    """Pass 1 over every source to send: rejects file, row counts, item and chunk counts."""
+    reporter.emit(PhaseStarted(Phase.VALIDATING, row_total(prepared)))
+    writer = RejectsWriter(options.rejects)
+    summary.rejects = str(options.rejects)
+    # By position, not by name: the same path may be given twice.
+    active = [s for s in summary.sources if not s.skipped]
+    try:
+        for index, (item, per_source) in enumerate(zip(prepared, active, strict=True)):
+            _validate_source(index, item, per_source, options, summary, reporter, writer)
+    finally:
+        writer.close()
+        summary.total_rows()
+
+
+def _validate_source(
+    index: int,
+    item: Prepared,
+    per_source: SourceSummary,
+    options: ImportOptions,
+    summary: RunSummary,
+    reporter: Reporter,
+    writer: RejectsWriter,
+) -> None:
+    chunker = Chunker(
+        source_index=index,
+        source=item.source.name,
+        source_fingerprint=item.fingerprint,
+        mapping_hash=options.mapping.fingerprint(),
+        settings=options.chunk_settings(),
+        build_bodies=False,
+    )
+    seen = [0]  # rows in the file, whatever the shard
+    for batch, result in transformed(item, options.shard, seen):
+        writer.write(item.source.name, result.rejects)
+        summary.add_rows(
+            per_source, read=batch.height, rejected=result.rejects.height, valid=result.rows_valid
+        )
+        summary.items_total += result.items.height
+        for _ in chunker.add(result.items):
+            pass
+        reporter.emit(RowsRead(batch.height))
+    for _ in chunker.finish():
+        pass
+    summary.chunks_total += chunker.chunks
+    summary.bytes_total += chunker.bytes
+    # A file whose rows all fall in other shards is not empty: with --shard K/N over a small
+    # file, some shards simply have nothing to send.
+    if seen[0] == 0 and not options.settings.allow_empty:
+        raise SourceError(
+            f"{item.source.name}: no data rows (only a header)",
+            hint="pass --allow-empty if an empty export is expected",
+        )
+
+
+def check_reject_rate(summary: RunSummary, settings: Settings) -> None:
+    """Stop before sending when more rows are invalid than --max-reject-rate allows."""
+    read, rejected = summary.rows_read, summary.rows_rejected
+    if read and rejected / read > settings.max_reject_rate:
+        raise RejectRateError(
+            f"{rejected} of {read} rows are invalid ({rejected / read:.1%}), over "
+            f"--max-reject-rate {settings.max_reject_rate:g}; nothing was sent",
+            hint=f"see the reasons in {summary.rejects}; fix the export or raise --max-reject-rate",
+        )

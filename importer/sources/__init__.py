@@ -1,0 +1,12 @@
+"""Sources: SOURCE arguments → files and objects → polars batches with their row numbers.
+
+Owns finding the files of an import (``resolve``), reading one of them in bounded batches with a
+1-based ``__row__`` column and its fingerprint (``source``), locating what makes a CSV unreadable
+(``problems``) and object stores (``remote``). It knows the mapping's reader options only, never
+its properties, and nothing of items, chunks or sending.
+"""
+
+from importer.sources.resolve import resolve_sources
+from importer.sources.source import REMOTE_SCHEMES, ROW, Format, Source, is_remote
+
+__all__ = ["REMOTE_SCHEMES", "ROW", "Format", "Source", "is_remote", "resolve_sources"]
