@@ -49,7 +49,7 @@ docs: $(STAMP) ## regenerate the key reference in docs/mapping.md from the mappi
 	$(BIN)/python -m importer.mapping.tools docs/mapping.md
 
 sample: $(STAMP) ## regenerate sample_data/ from its script
-	$(BIN)/python sample_data/generate.py
+	$(BIN)/python tools/sample_data.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from importer import config
 from importer.model import Chunk
 from importer.sources import ROW
 from importer.transform import BODY_OVERHEAD
@@ -35,8 +36,8 @@ _LANE_SEED = 0x5EED
 class ChunkSettings:
     """What decides how items are cut into chunks (and so the chunk ids)."""
 
-    batch_size: int = 500
-    max_batch_bytes: int = 1_000_000
+    batch_size: int = config.DEFAULT_BATCH_SIZE
+    max_batch_bytes: int = config.DEFAULT_MAX_BATCH_BYTES
     shard: tuple[int, int] | None = None  # (K, N)
     lanes: int = LANES
 

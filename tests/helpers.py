@@ -33,8 +33,10 @@ def write(path: Path, text: str) -> Path:
 
 
 def sample_generator() -> ModuleType:
-    """sample_data/generate.py as a module (it holds BAD_CSV_ROWS / BAD_PARQUET_ROWS)."""
-    spec = importlib.util.spec_from_file_location("sample_generate", SAMPLE_DATA / "generate.py")
+    """tools/sample_data.py as a module (it holds BAD_CSV_ROWS / BAD_PARQUET_ROWS)."""
+    spec = importlib.util.spec_from_file_location(
+        "sample_generate", ROOT / "tools" / "sample_data.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -67,7 +67,7 @@ def reject_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_sample_files_are_what_the_generator_writes(tmp_path: Path) -> None:
-    """sample_data/ matches generate.py, so its BAD_*_ROWS lists describe the files in the repo."""
+    """sample_data/ is what tools/sample_data.py writes, so its BAD_*_ROWS describe those files."""
     GENERATE.HERE = tmp_path
     GENERATE.main()
     assert (tmp_path / "users.csv").read_bytes() == USERS_CSV.read_bytes()

@@ -86,6 +86,13 @@ def emulator(
     """
     from importer.emulator import EmulatorConfig, parse_latency, serve
 
+    for name, value in (("--fail-rate", fail_rate), ("--drop-rate", drop_rate)):
+        if not 0 <= value <= 1:
+            fail(f"{name} {value:g}: give a fraction from 0 to 1")
+    if not rate_limit >= 0:
+        fail(f"--rate-limit {rate_limit:g}: give 0 (off) or a positive rate in requests/s")
+    if not 0 <= port <= 65535:
+        fail(f"--port {port}: give a port from 0 to 65535 (0 picks a free one)")
     try:
         key = read_key(api_key_file)
         emulator_config = EmulatorConfig(

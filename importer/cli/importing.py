@@ -42,7 +42,7 @@ def target_from(
     api_key_file: Path | None, workspace: str | None, api_version: str | None, base_url: str | None
 ) -> Target:
     """Where requests go: command line over environment over defaults; the key never on the
-    command line. Checked before any connection is made."""
+    command line. The library checks it (``Target.check``) before any connection is made."""
     from importer.send import Target
 
     key = read_key(api_key_file)
@@ -56,7 +56,7 @@ def target_from(
         raise UsageError(f"no workspace: set {config.ENV_WORKSPACE} or pass --workspace WSID")
     version = api_version or os.environ.get(config.ENV_API_VERSION) or config.DEFAULT_API_VERSION
     url = base_url or os.environ.get(config.ENV_BASE_URL) or config.DEFAULT_BASE_URL
-    return Target(base_url=url, workspace=workspace, api_version=version, api_key=key).check()
+    return Target(base_url=url, workspace=workspace, api_version=version, api_key=key)
 
 
 def import_options(sources: tuple[str, ...], mapping_path: Path, **given: Any) -> ImportOptions:

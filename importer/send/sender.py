@@ -43,6 +43,7 @@ from typing import Final, Protocol, TypeVar
 
 import httpx
 
+from importer import config
 from importer.errors import AuthError, LedgerWriteError
 from importer.model import Chunk, ChunkOutcome, ChunkStatus
 from importer.redact import redact
@@ -69,10 +70,10 @@ _JSON_HEADERS: Final = {"Content-Type": "application/json"}
 class SendConfig:
     """How hard and how carefully to send."""
 
-    concurrency: int = 8  # most requests in flight, across all lanes
-    rate_limit: float = 0.0  # most requests started per second, shared by all workers (0 = none)
-    max_retries: int = 6  # tries after the first, for transient failures
-    timeout: float = 30.0  # per request, in seconds
+    concurrency: int = config.DEFAULT_CONCURRENCY  # most requests in flight, across all lanes
+    rate_limit: float = config.DEFAULT_RATE_LIMIT  # most request starts per second (0 = none)
+    max_retries: int = config.DEFAULT_MAX_RETRIES  # tries after the first, for transient failures
+    timeout: float = config.DEFAULT_TIMEOUT_S  # per request, in seconds
     backoff_base: float = 0.5  # first retry waits up to this long (full jitter), doubling
     backoff_max: float = 30.0  # cap of one backoff wait (Retry-After may ask for longer)
 

@@ -1,10 +1,13 @@
 """Write sample_data/users.csv and users.parquet: a realistic small export with known bad rows.
 
+It lives outside sample_data/ so that importing that directory meets only data files (the
+reader would name any other file it skips).
+
 Deterministic (seeded), so the files in the repo are exactly what this script writes. The
 deliberately bad rows are listed in BAD_CSV_ROWS / BAD_PARQUET_ROWS (1-based data rows), which
 the tests use to check that validation rejects exactly those.
 
-    python sample_data/generate.py
+    python tools/sample_data.py        (make sample)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "sample_data"
 USERS = 3000
 FIRST = [
     "Ada",
