@@ -1,4 +1,4 @@
-"""Tests of the SQLite results ledger (importer/ledger.py)."""
+"""Tests of the SQLite results ledger (the importer/ledger/ package)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from importer.errors import (
     LedgerWriteError,
 )
 from importer.ledger import SCHEMA_VERSION, Ledger
-from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError
+from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError, RunStatus
 
 ACCEPTED = ChunkOutcome(status=ChunkStatus.ACCEPTED, attempts=1, http_status=202, request_id="r1")
 FAILED = ChunkOutcome(
@@ -277,6 +277,17 @@ def test_get_and_mark_unknown_run_name_it(ledger: Ledger) -> None:
         ledger.get_run("2020-nope")
     with pytest.raises(LedgerError, match="no run 2020-nope"):
         ledger.mark_run("2020-nope", "finished")
+
+
+def test_mark_run_takes_the_enum_or_its_text(ledger: Ledger) -> None:
+    """The old callers' plain strings still work; an unknown status is refused."""
+    run = new_run(ledger)
+    ledger.mark_run(run, "interrupted")
+    assert ledger.get_run(run).status is RunStatus.INTERRUPTED
+    ledger.mark_run(run, RunStatus.FINISHED)
+    assert ledger.get_run(run).status is RunStatus.FINISHED
+    with pytest.raises(ValueError, match="unknown run status 'done'"):
+        ledger.mark_run(run, "done")
 
 
 def test_run_ids_are_time_stamped_unique_and_listed_in_creation_order(ledger: Ledger) -> None:
