@@ -329,15 +329,41 @@ def test_source_with_no_chunks_counts_as_imported(ledger: Ledger) -> None:
     assert ledger.imported_sources(["fp0"]) == {"fp0": run}
 
 
-def test_latest_run_with_failures_is_what_retry_picks(ledger: Ledger) -> None:
-    """Without --run, retry gets the latest run that has failed, refused or ambiguous chunks."""
-    assert ledger.latest_run_with_failures() is None
-    first = new_run(ledger)
-    sent(ledger, first, make_chunk(), FAILED)
-    second = new_run(ledger)
-    sent(ledger, second, make_chunk(), ACCEPTED)
-    found = ledger.latest_run_with_failures()
-    assert found is not None and found.run_id == first
+def leave_chunk(ledger: Ledger, run_id: str, status: ChunkStatus) -> Chunk:
+    """A chunk of the run left in ``status`` the way the sender (or a crash, or a person) does."""
+    chunk = make_chunk(has_add=status is ChunkStatus.AMBIGUOUS)
+    ledger.record_in_flight(run_id, chunk)
+    if status is ChunkStatus.PENDING:
+        ledger.mark_waiting(run_id, chunk.chunk_id, "HTTP 503: retrying")
+    elif status is ChunkStatus.AMBIGUOUS:
+        ledger.mark_ambiguous(run_id, chunk.chunk_id, "HTTP 504")
+    elif status is ChunkStatus.ABANDONED:
+        ledger.record_outcome(run_id, chunk, FAILED)
+        ledger.resolve(run_id, chunk.chunk_id, ChunkStatus.ABANDONED)
+    elif status is not ChunkStatus.IN_FLIGHT:
+        ledger.record_outcome(run_id, chunk, ChunkOutcome(status=status, attempts=1))
+    assert ledger.chunk_statuses(run_id)[chunk.chunk_id] is status
+    return chunk
+
+
+@pytest.mark.parametrize("status", list(ChunkStatus), ids=str)
+def test_latest_run_to_retry_is_the_latest_with_an_open_chunk(
+    ledger: Ledger, status: ChunkStatus
+) -> None:
+    """Without --run, retry takes the latest run with an open chunk: failed, refused, ambiguous,
+    or left in flight or pending (as a retry killed with -9 leaves them); a run whose chunks
+    are all accepted or abandoned is passed over."""
+    assert ledger.latest_run_to_retry() is None
+    older = new_run(ledger)
+    sent(ledger, older, make_chunk(), FAILED)
+    newer = new_run(ledger)
+    sent(ledger, newer, make_chunk(), ACCEPTED)
+    leave_chunk(ledger, newer, status)
+
+    found = ledger.latest_run_to_retry()
+    assert found is not None
+    assert found.run_id == (newer if status.is_open else older)
+    assert not hasattr(ledger, "latest_run_with_failures")  # one rule, not two
 
 
 def test_settings_never_store_a_key(ledger_path: Path) -> None:

@@ -16,7 +16,7 @@ from importer.model import ChunkStatus, RunStatus, SourceStatus
 # Belt and braces: callers never pass the key, but a settings dict must not carry one either.
 _SECRET_SETTINGS: Final = frozenset({"api_key", "key", "token", "password", "authorization"})
 _ACCEPTED: Final = ChunkStatus.ACCEPTED.value
-_FAILURES: Final = sql_list(s for s in ChunkStatus if s.is_failure)
+_OPEN: Final = sql_list(s for s in ChunkStatus if s.is_open)
 _RUN_COLUMNS: Final = (
     "run_id, created_at, updated_at, finished_at, status, source_key, mapping_hash, chunk_key,"
     " shard, settings, base_url, workspace, api_version, summary"
@@ -157,13 +157,18 @@ class RunsMixin(Store):
                     return None
         return self.get_run(run_id)
 
-    def latest_run_with_failures(self) -> RunInfo | None:
-        """The latest run with failed, refused or ambiguous chunks (for `retry` without --run)."""
+    def latest_run_to_retry(self) -> RunInfo | None:
+        """The latest run with an open chunk (``ChunkStatus.is_open``): `retry` without --run.
+
+        In flight and pending count: a `retry` killed with -9 leaves its chunks so, and they
+        must not fall out of sight.
+        """
         with self._reading() as conn:
+            # Through chunks_by_status: only the open chunks are read, however big the ledger.
             row = conn.execute(
-                "SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM chunks c"
-                f" WHERE c.run_id = r.run_id AND c.status IN {_FAILURES})"
-                " ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1"
+                "SELECT run_id FROM runs WHERE run_id IN"
+                f" (SELECT run_id FROM chunks WHERE status IN {_OPEN})"
+                " ORDER BY created_at DESC, run_id DESC LIMIT 1"
             ).fetchone()
         return None if row is None else self.get_run(row[0])
 
