@@ -234,6 +234,52 @@ def test_mark_ambiguous_closes_only_in_flight_chunks(ledger: Ledger) -> None:
         ledger.mark_ambiguous(run, done.chunk_id, "x")
 
 
+def test_settle_stranded_makes_every_in_flight_add_chunk_of_the_run_ambiguous(
+    ledger: Ledger,
+) -> None:
+    """After a kill, the run's in-flight $add chunks become ambiguous (one attempt, the reason
+    as error, body kept); idempotent, settled and other runs' chunks are left as they are."""
+    run, other = new_run(ledger), new_run(ledger)
+    stranded = [make_chunk(has_add=True), make_chunk(has_add=True)]
+    idempotent, theirs = make_chunk(), make_chunk(has_add=True)
+    for chunk in (*stranded, idempotent):
+        ledger.record_in_flight(run, chunk)
+    ledger.record_in_flight(other, theirs)
+    settled = {s: leave_chunk(ledger, run, s).chunk_id for s in ChunkStatus if s.is_settled}
+
+    reason = "was in flight when an earlier try stopped"
+    assert ledger.settle_stranded(run, reason) == 2
+
+    assert ledger.chunk_statuses(run) == {
+        **{c.chunk_id: ChunkStatus.AMBIGUOUS for c in stranded},
+        idempotent.chunk_id: ChunkStatus.IN_FLIGHT,
+        **{chunk_id: status for status, chunk_id in settled.items()},
+    }
+    marks = ",".join("?" * len(stranded))
+    assert raw(
+        ledger.path,
+        f"SELECT attempts, error FROM chunks WHERE chunk_id IN ({marks})",
+        *(c.chunk_id for c in stranded),
+    ) == [(1, reason)] * len(stranded)
+    ambiguous = {c.chunk_id: c for c in ledger.load_chunks(run, {ChunkStatus.AMBIGUOUS})}
+    assert all(ambiguous[c.chunk_id] == c for c in stranded)  # bodies kept, for a person
+    assert ledger.chunk_statuses(other) == {theirs.chunk_id: ChunkStatus.IN_FLIGHT}
+    assert ledger.settle_stranded(run, reason) == 0  # nothing left to settle
+    with pytest.raises(LedgerError, match="no run run-nope"):
+        ledger.settle_stranded("run-nope", reason)
+
+
+def test_settle_stranded_waits_for_no_live_run(ledger_path: Path) -> None:
+    """While another run holds the lock, its in-flight chunks are its own: not settled."""
+    with Ledger.open(ledger_path) as live, Ledger.open(ledger_path) as other:
+        live.lock_for_run()
+        run = new_run(live)
+        live.record_in_flight(run, make_chunk(has_add=True))
+        with pytest.raises(LedgerLockedError, match="in use by another run"):
+            other.settle_stranded(run, "x")
+        assert set(other.chunk_statuses(run).values()) == {ChunkStatus.IN_FLIGHT}
+
+
 # -- runs and sources --------------------------------------------------------------------------
 
 

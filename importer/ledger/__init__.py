@@ -16,7 +16,7 @@ status counts as what. It must not know HTTP or the sender, polars or the source
     lock.py     the flock run lock
     store.py    what the parts share: the connection, its mutex, the clock, transactions
     runs.py     runs and run_sources: create, resume, retry pick, mark; RunInfo, SourceInfo
-    chunks.py   the hot path: in flight, outcomes, waiting, load, resolve, superseded
+    chunks.py   the hot path: in flight, outcomes, waiting, load, resolve, stranded chunks
     reports.py  run_report (``ledger show``) and export_failures (``ledger export``)
 
 The file

@@ -178,6 +178,23 @@ class ChunksMixin(Store):
                     "it cannot be marked ambiguous"
                 )
 
+    def settle_stranded(self, run_id: str, reason: str) -> int:
+        """Make every in-flight ``$add`` chunk of the run ambiguous, in one transaction; how many.
+
+        For chunks a killed process left in flight: it takes the run lock first (a no-op for
+        the run holding it), so no live process is sending them. A ``$add`` one may have been
+        applied, so it is never resent blindly (one attempt counted, ``error`` = ``reason``);
+        idempotent chunks stay in flight, to be resent.
+        """
+        self.lock_for_run()
+        with self._writing(f"the stranded chunks of run {run_id}") as conn:
+            settled = conn.execute(
+                _AMBIGUOUS_SQL + " AND has_add = 1", (reason, self._now(), run_id)
+            ).rowcount
+            if settled == 0:
+                self._run_exists(conn, run_id)
+        return int(settled)
+
     def mark_waiting(self, run_id: str, chunk_id: str, error: str) -> None:
         """An in-flight chunk surely not applied (429, 500, 503, no connection) waits to retry.
 
