@@ -31,6 +31,7 @@ from importer.errors import (
     LedgerWriteError,
 )
 from importer.ledger import SCHEMA_VERSION, Ledger
+from importer.ledger.schema import probe_btrees
 from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError, RunStatus
 
 ACCEPTED = ChunkOutcome(status=ChunkStatus.ACCEPTED, attempts=1, http_status=202, request_id="r1")
@@ -681,6 +682,61 @@ def test_newer_schema_is_refused_and_left_alone(ledger_path: Path) -> None:
         Ledger.open(ledger_path)
     assert "upgrade" in str(info.value)
     assert digest(ledger_path) == before
+
+
+def rollback_journal_copy(path: Path) -> None:
+    """Leave a ledger as `VACUUM INTO` or `.backup` copies are: one file, rollback journal."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode = DELETE")
+
+
+def test_rollback_journal_ledger_is_switched_to_wal_on_open(ledger_path: Path) -> None:
+    """A sound ledger copied in rollback-journal mode opens as usual and is WAL from then on."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+        sent(led, run, make_chunk(), FAILED)
+    rollback_journal_copy(ledger_path)
+    assert raw(ledger_path, "PRAGMA journal_mode") == [("delete",)]
+    with Ledger.open(ledger_path) as led:
+        assert led.latest_run_to_retry() is not None
+    assert raw(ledger_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize("tree", ["chunks", "chunks_by_status", "sqlite_autoindex_item_errors_1"])
+def test_damaged_root_page_is_refused_before_the_switch_to_wal(
+    ledger_path: Path, tree: str
+) -> None:
+    """A rollback-journal ledger whose table or index root page is damaged (page 1 whole) is
+    refused as malformed and left byte for byte as it was: the switch to WAL never happens."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+        for _ in range(3):
+            sent(led, run, make_chunk(), ACCEPTED)
+    rollback_journal_copy(ledger_path)
+    ((root,),) = raw(ledger_path, "SELECT rootpage FROM sqlite_master WHERE name = ?", tree)
+    ((page_size,),) = raw(ledger_path, "PRAGMA page_size")
+    data = bytearray(ledger_path.read_bytes())
+    data[(root - 1) * page_size : root * page_size] = bytes(page_size)
+    ledger_path.write_bytes(bytes(data))
+
+    with pytest.raises(LedgerCorruptError, match="malformed") as info:
+        Ledger.open(ledger_path)
+    assert "never overwrites" in str(info.value)
+    assert ledger_path.read_bytes() == data
+    assert not Path(f"{ledger_path}-wal").exists()
+
+
+def test_the_root_page_probe_reads_every_b_tree_it_can_scan() -> None:
+    """Tables, plain and expression indexes are probed; a partial index is left alone, since
+    INDEXED BY cannot scan it (probing it would refuse every sound ledger that had one)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (a, b)")
+        conn.execute("CREATE INDEX plain ON t (a)")
+        conn.execute("CREATE INDEX expression ON t (a + b)")
+        conn.execute("CREATE INDEX partial ON t (a) WHERE b > 1")
+        conn.execute("CREATE TABLE w (a PRIMARY KEY, b) WITHOUT ROWID")
+        assert probe_btrees(conn) == 4
 
 
 # -- locking -----------------------------------------------------------------------------------

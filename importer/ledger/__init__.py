@@ -26,7 +26,9 @@ One SQLite database (``fyno-import.ledger.db`` by default) in WAL mode with
 power loss may lose the last few commits. The file is created readable and writable by its owner
 only (0600); SQLite gives its ``-wal`` and ``-shm`` sidecars the same mode. Its header carries
 ``PRAGMA application_id`` = 0x46594E4F ("FYNO") and the schema version in ``PRAGMA user_version``.
-A file that is not such a database is never written to, overwritten or "repaired".
+A file that is not such a database, or is damaged, is never written to, overwritten or
+"repaired": opening checks the header, the tables and every b-tree's root page before its first
+write (a migration, or the switch to WAL of a copy made in rollback-journal mode).
 
 A run (``run``, ``retry``, ``ledger resolve``) holds an exclusive ``flock`` on the sidecar
 ``<ledger>.lock`` (0600, holding the owner's pid) for its whole duration; the kernel releases it

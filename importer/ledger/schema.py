@@ -1,7 +1,9 @@
 """Opening a ledger file: refuse what is not ours or is damaged, create, migrate, switch to WAL.
 
-The header (SQLite's magic, our ``application_id``, ``user_version``) and the tables are checked
-before a migration runs or the journal mode becomes WAL.
+Nothing here writes to an existing file before it has been checked: the header (SQLite's magic,
+our ``application_id``, ``user_version``), the tables, and one read of every b-tree's root page
+(``probe_btrees``). Only then may a migration run and the journal mode become WAL, which in a
+file copied in rollback-journal mode (``VACUUM INTO``, ``.backup``) rewrites the header.
 """
 
 from __future__ import annotations
@@ -204,11 +206,38 @@ def _check_and_migrate(conn: sqlite3.Connection, path: Path) -> None:
             f"(schema {version}; this one knows up to {SCHEMA_VERSION})",
             hint="upgrade fyno-import, or use another --ledger path",
         )
+    probe_btrees(conn)
     if version < SCHEMA_VERSION:
         _migrate(conn)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if missing := TABLES - tables:
         raise corrupt(path, f"tables missing: {', '.join(sorted(missing))}")
+
+
+def probe_btrees(conn: sqlite3.Connection) -> int:
+    """Read the root page of every table and index (and the first leaf below it); how many.
+
+    Damage that leaves page 1 whole (zeroed or overwritten pages) goes unseen by the header
+    and schema checks; SQLite reports it only once a query reads a
+    damaged page. This reads each b-tree's root and its leftmost path: a few pages per b-tree
+    whatever the ledger's size (about 80 µs for the 11 b-trees of schema 1), where
+    ``PRAGMA quick_check`` reads every page (0.5 to 1.5 s for a 185 MB ledger, on every open).
+    A damaged page deeper in a b-tree is still found only by the first query that reads it,
+    and so is a partial index (none in schema 1), which ``INDEXED BY`` cannot scan whole.
+    """
+    trees = conn.execute(
+        "SELECT m.type, m.name, m.tbl_name FROM sqlite_master m"
+        " WHERE m.type IN ('table', 'index') AND m.rootpage > 0 AND NOT EXISTS"
+        " (SELECT 1 FROM pragma_index_list(m.tbl_name) i WHERE i.name = m.name AND i.partial)"
+    ).fetchall()
+    for kind, name, table in trees:
+        scan = "NOT INDEXED" if kind == "table" else f'INDEXED BY "{_quoted(name)}"'
+        conn.execute(f'SELECT 1 FROM "{_quoted(table)}" {scan} LIMIT 1').fetchall()
+    return len(trees)
+
+
+def _quoted(identifier: str) -> str:
+    return identifier.replace('"', '""')
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
