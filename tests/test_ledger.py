@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import itertools
 import json
@@ -15,6 +16,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from importer.errors import (
     LedgerWriteError,
 )
 from importer.ledger import SCHEMA_VERSION, Ledger
+from importer.ledger.lock import acquire
 from importer.ledger.schema import probe_btrees
 from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError, RunStatus
 
@@ -760,26 +764,33 @@ HOLDER = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def holder(ledger_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Another process that holds the run lock with a chunk in flight; killed afterwards."""
+@contextlib.contextmanager
+def python_process(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Another Python process running ``script`` (this tree importable); killed afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(ledger_path)],
+        [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:
-        assert proc.stdout is not None
-        run_id = proc.stdout.readline().strip()
-        assert run_id, "the lock-holding process did not start"
-        yield proc, run_id
+        yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture
+def holder(ledger_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Another process that holds the run lock with a chunk in flight; killed afterwards."""
+    with python_process(HOLDER, str(ledger_path)) as proc:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        assert run_id, "the lock-holding process did not start"
+        yield proc, run_id
 
 
 def test_lock_held_by_another_process_then_released_by_kill_9(
@@ -800,6 +811,131 @@ def test_lock_held_by_another_process_then_released_by_kill_9(
         (chunk,) = led.load_chunks(run_id, {ChunkStatus.IN_FLIGHT})
         assert chunk.body == b'{"batch":[]}' and chunk.has_add
     assert mode(ledger_path.with_name(ledger_path.name + ".lock")) == 0o600
+
+
+def test_a_run_killed_holding_the_lock_reads_as_interrupted(
+    ledger_path: Path, holder: tuple[subprocess.Popen[str], str]
+) -> None:
+    """While its process holds the run lock a run reads as running; once that process is
+    killed with -9 it reads as interrupted, though its stored status still says running."""
+    proc, run_id = holder
+    with Ledger.open(ledger_path, create=False) as reader:
+        assert reader.run_lock_held() is True
+        assert reader.get_run(run_id).effective_status is RunStatus.RUNNING
+        assert [r.effective_status for r in reader.list_runs()] == [RunStatus.RUNNING]
+        assert reader.run_report(run_id)["status"] == "running"
+
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        assert reader.run_lock_held() is False
+        run = reader.get_run(run_id)
+        assert (run.status, run.effective_status) == (RunStatus.RUNNING, RunStatus.INTERRUPTED)
+        assert [r.effective_status for r in reader.list_runs()] == [RunStatus.INTERRUPTED]
+        assert reader.run_report(run_id)["status"] == "interrupted"
+    assert raw(ledger_path, "SELECT status FROM runs") == [("running",)]  # stored: untouched
+
+
+def test_readers_create_no_lock_file(ledger_path: Path) -> None:
+    """A ledger never locked has no lock file; reading it leaves none, and its run is stale."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+    with Ledger.open(ledger_path, create=False) as reader:
+        assert reader.get_run(run).effective_status is RunStatus.INTERRUPTED
+        assert reader.run_report(run)["status"] == "interrupted"
+    assert not Path(f"{ledger_path}.lock").exists()
+
+
+def test_a_lock_file_that_cannot_be_read_leaves_the_stored_status(ledger_path: Path) -> None:
+    """When the probe cannot open the lock file (here a symlink loop) nothing is guessed."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+    Path(f"{ledger_path}.lock").symlink_to(f"{ledger_path.name}.lock")
+    with Ledger.open(ledger_path, create=False) as reader:
+        assert reader.run_lock_held() is None
+        assert reader.get_run(run).effective_status is RunStatus.RUNNING
+
+
+def test_only_the_latest_running_run_is_alive_while_the_lock_is_held(ledger_path: Path) -> None:
+    """A run killed earlier stays interrupted while a later run holds the lock."""
+    with Ledger.open(ledger_path) as killed_earlier:
+        stale = new_run(killed_earlier)  # its process "died" without marking it
+    with Ledger.open(ledger_path) as live, Ledger.open(ledger_path, create=False) as reader:
+        live.lock_for_run()
+        current = new_run(live)
+        for book in (live, reader):
+            assert {r.run_id: r.effective_status for r in book.list_runs()} == {
+                stale: RunStatus.INTERRUPTED,
+                current: RunStatus.RUNNING,
+            }
+        live.mark_run(current, RunStatus.FINISHED)
+        assert reader.get_run(current).effective_status is RunStatus.FINISHED
+
+
+def test_a_probe_holding_the_lock_delays_a_starting_run_but_never_fails_it(
+    ledger_path: Path,
+) -> None:
+    """A reader's probe caught holding its shared lock is waited out; a shared holder that
+    stays is refused after the patience, naming the lock file."""
+    lock_path = Path(f"{ledger_path}.lock")
+    lock_path.touch()
+    with open(lock_path) as frozen:
+        fcntl.flock(frozen, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe, stopped mid-instant
+        thaw = threading.Timer(0.3, fcntl.flock, (frozen, fcntl.LOCK_UN))
+        thaw.start()
+        try:
+            started = time.monotonic()
+            with Ledger.open(ledger_path) as led:
+                led.lock_for_run()
+                assert time.monotonic() - started >= 0.25
+                assert led.run_lock_held() is True
+        finally:
+            thaw.cancel()
+            thaw.join()
+    with open(lock_path) as stays:
+        fcntl.flock(stays, fcntl.LOCK_SH)
+        with pytest.raises(LedgerLockedError, match=r"held shared for over 0\.2 s"):
+            acquire(lock_path, ledger_path, patience_s=0.2)
+
+
+PROBER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from importer.ledger.lock import probe
+    lock, seen, end = Path(sys.argv[1]), set(), time.monotonic() + float(sys.argv[2])
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        seen.add(probe(lock))
+    print(" ".join(sorted(map(str, seen))), flush=True)
+    """
+)
+
+
+def test_probes_in_a_tight_loop_never_make_a_run_fail_to_lock(ledger_path: Path) -> None:
+    """Another process probing without pause: a bare non-blocking flock does lose to it, but
+    taking the run lock never fails, over hundreds of runs starting and ending."""
+    lock_path = Path(f"{ledger_path}.lock")
+    lock_path.touch()
+    with python_process(PROBER, str(lock_path), "2.5") as prober:
+        assert prober.stdout is not None and prober.stdout.readline().strip() == "ready"
+        collisions = 0
+        with open(lock_path) as bare:  # what lock_for_run did before: one try, no second look
+            deadline = time.monotonic() + 2
+            while collisions == 0 and time.monotonic() < deadline:
+                try:
+                    fcntl.flock(bare, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(bare, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    collisions += 1
+        assert collisions, "the prober never held the lock: the test proves nothing"
+        runs = 0
+        while prober.poll() is None:
+            os.close(acquire(lock_path, ledger_path))  # raises LedgerLockedError on a failure
+            runs += 1
+        seen = prober.stdout.read().split()
+    assert runs >= 200
+    assert seen == ["False", "True"]  # the probes saw the runs, and the gaps between them
 
 
 # -- write failures ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ status counts as what. It must not know HTTP or the sender, polars or the source
 (it never prints; errors carry a hint, and the CLI shows them), or the pipeline's order of calls.
 
     schema.py   header checks, migrations, opening and creating the file, WAL
-    lock.py     the flock run lock
+    lock.py     the flock run lock, and the probe that tells readers whether a run is alive
     store.py    what the parts share: the connection, its mutex, the clock, transactions
     runs.py     runs and run_sources: create, resume, retry pick, mark; RunInfo, SourceInfo
     chunks.py   the hot path: in flight, outcomes, waiting, load, resolve, stranded chunks
@@ -32,7 +32,9 @@ write (a migration, or the switch to WAL of a copy made in rollback-journal mode
 
 A run (``run``, ``retry``, ``ledger resolve``) holds an exclusive ``flock`` on the sidecar
 ``<ledger>.lock`` (0600, holding the owner's pid) for its whole duration; the kernel releases it
-when the process ends, however it ends. Readers (``ledger show``/``export``) take no lock.
+when the process ends, however it ends. Readers (``ledger show``/``export``) take no lock; to
+tell a live run from one killed while ``running``, they may probe it with a shared lock held for
+an instant, which a starting run waits out instead of failing (see ``lock.py``).
 
 Tables (schema version 1), for querying with ``sqlite3``
 --------------------------------------------------------
@@ -42,7 +44,8 @@ sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compres
 ``runs`` — one row per run (a resumed run keeps its row)
     run_id        text, time-sortable: ``20261129T234500Z-1a2b3c``
     created_at, updated_at, finished_at (NULL unless status is finished)
-    status        running | finished | interrupted | aborted
+    status        running | finished | interrupted | aborted (a run killed with -9 stays
+                  running here; ``ledger show`` reads it as interrupted once its lock is gone)
     source_key    hash of the ordered source fingerprints and the shard: finds the run to resume
     mapping_hash  hash of the mapping (without ``settings:``)
     chunk_key     hash of the chunk settings (batch size, max batch bytes, shard, lane count)

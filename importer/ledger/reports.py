@@ -69,7 +69,7 @@ class ReportsMixin(RunsMixin):
             ).fetchone()
         return {
             "run_id": run.run_id,
-            "status": run.status,
+            "status": run.effective_status,  # a killed run reads as interrupted, not running
             "created_at": run.created_at,
             "updated_at": run.updated_at,
             "finished_at": run.finished_at,

@@ -1,4 +1,9 @@
-"""Runs and their sources: creating, finding (to resume, to retry), counting, marking."""
+"""Runs and their sources: creating, finding (to resume, to retry), counting, marking.
+
+A run's stored ``status`` is what its process last wrote. A process killed with ``kill -9``
+writes nothing more, so its run stays ``running``; the run lock tells the truth (the kernel
+drops it with the process), and ``RunInfo.effective_status`` is the status read with it.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ class RunInfo:
     created_at: str
     updated_at: str
     finished_at: str | None
-    status: RunStatus
+    status: RunStatus  # as stored: what the run's process last wrote
     source_key: str
     mapping_hash: str
     chunk_key: str
@@ -58,6 +63,9 @@ class RunInfo:
     api_version: str
     summary: dict[str, Any] | None
     sources: tuple[SourceInfo, ...]
+    # As a reader should see it: a stored "running" whose process is gone (no process holds
+    # the run lock, or a later run took it) is interrupted; otherwise the stored status.
+    effective_status: RunStatus
 
 
 def _source_info(row: tuple[Any, ...]) -> SourceInfo:
@@ -72,6 +80,20 @@ def _source_info(row: tuple[Any, ...]) -> SourceInfo:
         chunks_total=chunks_total,
         status=SourceStatus(status),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Liveness:
+    """What the run lock tells about which stored "running" run is alive."""
+
+    known: bool  # False when the lock could not be probed: stored statuses stand
+    live_run: str | None  # the run a live lock holder is running, if any
+
+    def status(self, run_id: str, stored: RunStatus) -> RunStatus:
+        """The effective status of a run stored with ``stored``."""
+        if stored is not RunStatus.RUNNING or not self.known or run_id == self.live_run:
+            return stored
+        return RunStatus.INTERRUPTED
 
 
 class RunsMixin(Store):
@@ -247,6 +269,19 @@ class RunsMixin(Store):
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _liveness(self, conn: sqlite3.Connection) -> _Liveness:
+        held = self.run_lock_held()
+        if not held:
+            return _Liveness(known=held is not None, live_run=None)
+        # The holder marked its run running after any process that died holding the lock
+        # before it, so the latest-updated running run is the live one; older ones are stale.
+        row = conn.execute(
+            "SELECT run_id FROM runs WHERE status = ? ORDER BY updated_at DESC, run_id DESC"
+            " LIMIT 1",
+            (RunStatus.RUNNING.value,),
+        ).fetchone()
+        return _Liveness(known=True, live_run=None if row is None else row[0])
+
     def _runs(self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[RunInfo]:
         rows = conn.execute(
             f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY created_at, run_id", params
@@ -261,6 +296,9 @@ class RunsMixin(Store):
             ids,
         ):
             sources[s[0]].append(_source_info(s))
+        running = any(r[4] == RunStatus.RUNNING for r in rows)
+        # Probe the lock only when a stored status could be stale.
+        liveness = self._liveness(conn) if running else _Liveness(known=False, live_run=None)
         return [
             RunInfo(
                 run_id=r[0],
@@ -278,6 +316,7 @@ class RunsMixin(Store):
                 api_version=r[12],
                 summary=None if r[13] is None else orjson.loads(r[13]),
                 sources=tuple(sources[r[0]]),
+                effective_status=liveness.status(r[0], RunStatus(r[4])),
             )
             for r in rows
         ]

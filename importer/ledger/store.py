@@ -23,7 +23,7 @@ from typing import Any, Final
 import orjson
 
 from importer.errors import LedgerError, LedgerWriteError
-from importer.ledger.lock import acquire, lock_path_for
+from importer.ledger.lock import acquire, lock_path_for, probe
 from importer.model import ChunkStatus
 
 _ZLEVEL: Final = 1  # ~3x on JSON bodies at a fraction of level 6's cost: this is the hot path
@@ -92,6 +92,15 @@ class Store:
         with self._mutex:
             if self._lock_fd is None:
                 self._lock_fd = acquire(self.lock_path, self.path)
+
+    def run_lock_held(self) -> bool | None:
+        """Whether a process (this one included) holds the run lock; None when it cannot be told.
+
+        Never creates the lock file and never blocks; see ``importer.ledger.lock.probe``.
+        """
+        if self._lock_fd is not None:
+            return True
+        return probe(self.lock_path)
 
     # -- transactions ---------------------------------------------------------------------------
 
