@@ -1,9 +1,10 @@
-"""Tests of the SQLite results ledger (importer/ledger.py)."""
+"""Tests of the SQLite results ledger (the importer/ledger/ package)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import itertools
 import json
@@ -15,6 +16,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +34,9 @@ from importer.errors import (
     LedgerWriteError,
 )
 from importer.ledger import SCHEMA_VERSION, Ledger
-from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError
+from importer.ledger.lock import acquire
+from importer.ledger.schema import probe_btrees
+from importer.model import Chunk, ChunkOutcome, ChunkStatus, ItemError, RunStatus
 
 ACCEPTED = ChunkOutcome(status=ChunkStatus.ACCEPTED, attempts=1, http_status=202, request_id="r1")
 FAILED = ChunkOutcome(
@@ -234,6 +239,52 @@ def test_mark_ambiguous_closes_only_in_flight_chunks(ledger: Ledger) -> None:
         ledger.mark_ambiguous(run, done.chunk_id, "x")
 
 
+def test_settle_stranded_makes_every_in_flight_add_chunk_of_the_run_ambiguous(
+    ledger: Ledger,
+) -> None:
+    """After a kill, the run's in-flight $add chunks become ambiguous (one attempt, the reason
+    as error, body kept); idempotent, settled and other runs' chunks are left as they are."""
+    run, other = new_run(ledger), new_run(ledger)
+    stranded = [make_chunk(has_add=True), make_chunk(has_add=True)]
+    idempotent, theirs = make_chunk(), make_chunk(has_add=True)
+    for chunk in (*stranded, idempotent):
+        ledger.record_in_flight(run, chunk)
+    ledger.record_in_flight(other, theirs)
+    settled = {s: leave_chunk(ledger, run, s).chunk_id for s in ChunkStatus if s.is_settled}
+
+    reason = "was in flight when an earlier try stopped"
+    assert ledger.settle_stranded(run, reason) == 2
+
+    assert ledger.chunk_statuses(run) == {
+        **{c.chunk_id: ChunkStatus.AMBIGUOUS for c in stranded},
+        idempotent.chunk_id: ChunkStatus.IN_FLIGHT,
+        **{chunk_id: status for status, chunk_id in settled.items()},
+    }
+    marks = ",".join("?" * len(stranded))
+    assert raw(
+        ledger.path,
+        f"SELECT attempts, error FROM chunks WHERE chunk_id IN ({marks})",
+        *(c.chunk_id for c in stranded),
+    ) == [(1, reason)] * len(stranded)
+    ambiguous = {c.chunk_id: c for c in ledger.load_chunks(run, {ChunkStatus.AMBIGUOUS})}
+    assert all(ambiguous[c.chunk_id] == c for c in stranded)  # bodies kept, for a person
+    assert ledger.chunk_statuses(other) == {theirs.chunk_id: ChunkStatus.IN_FLIGHT}
+    assert ledger.settle_stranded(run, reason) == 0  # nothing left to settle
+    with pytest.raises(LedgerError, match="no run run-nope"):
+        ledger.settle_stranded("run-nope", reason)
+
+
+def test_settle_stranded_waits_for_no_live_run(ledger_path: Path) -> None:
+    """While another run holds the lock, its in-flight chunks are its own: not settled."""
+    with Ledger.open(ledger_path) as live, Ledger.open(ledger_path) as other:
+        live.lock_for_run()
+        run = new_run(live)
+        live.record_in_flight(run, make_chunk(has_add=True))
+        with pytest.raises(LedgerLockedError, match="in use by another run"):
+            other.settle_stranded(run, "x")
+        assert set(other.chunk_statuses(run).values()) == {ChunkStatus.IN_FLIGHT}
+
+
 # -- runs and sources --------------------------------------------------------------------------
 
 
@@ -279,6 +330,17 @@ def test_get_and_mark_unknown_run_name_it(ledger: Ledger) -> None:
         ledger.mark_run("2020-nope", "finished")
 
 
+def test_mark_run_takes_the_enum_or_its_text(ledger: Ledger) -> None:
+    """The old callers' plain strings still work; an unknown status is refused."""
+    run = new_run(ledger)
+    ledger.mark_run(run, "interrupted")
+    assert ledger.get_run(run).status is RunStatus.INTERRUPTED
+    ledger.mark_run(run, RunStatus.FINISHED)
+    assert ledger.get_run(run).status is RunStatus.FINISHED
+    with pytest.raises(ValueError, match="unknown run status 'done'"):
+        ledger.mark_run(run, "done")
+
+
 def test_run_ids_are_time_stamped_unique_and_listed_in_creation_order(ledger: Ledger) -> None:
     """Run ids look like 20261129T234500Z-1a2b3c; list_runs gives them oldest first."""
     ids = [new_run(ledger) for _ in range(5)]
@@ -318,15 +380,41 @@ def test_source_with_no_chunks_counts_as_imported(ledger: Ledger) -> None:
     assert ledger.imported_sources(["fp0"]) == {"fp0": run}
 
 
-def test_latest_run_with_failures_is_what_retry_picks(ledger: Ledger) -> None:
-    """Without --run, retry gets the latest run that has failed, refused or ambiguous chunks."""
-    assert ledger.latest_run_with_failures() is None
-    first = new_run(ledger)
-    sent(ledger, first, make_chunk(), FAILED)
-    second = new_run(ledger)
-    sent(ledger, second, make_chunk(), ACCEPTED)
-    found = ledger.latest_run_with_failures()
-    assert found is not None and found.run_id == first
+def leave_chunk(ledger: Ledger, run_id: str, status: ChunkStatus) -> Chunk:
+    """A chunk of the run left in ``status`` the way the sender (or a crash, or a person) does."""
+    chunk = make_chunk(has_add=status is ChunkStatus.AMBIGUOUS)
+    ledger.record_in_flight(run_id, chunk)
+    if status is ChunkStatus.PENDING:
+        ledger.mark_waiting(run_id, chunk.chunk_id, "HTTP 503: retrying")
+    elif status is ChunkStatus.AMBIGUOUS:
+        ledger.mark_ambiguous(run_id, chunk.chunk_id, "HTTP 504")
+    elif status is ChunkStatus.ABANDONED:
+        ledger.record_outcome(run_id, chunk, FAILED)
+        ledger.resolve(run_id, chunk.chunk_id, ChunkStatus.ABANDONED)
+    elif status is not ChunkStatus.IN_FLIGHT:
+        ledger.record_outcome(run_id, chunk, ChunkOutcome(status=status, attempts=1))
+    assert ledger.chunk_statuses(run_id)[chunk.chunk_id] is status
+    return chunk
+
+
+@pytest.mark.parametrize("status", list(ChunkStatus), ids=str)
+def test_latest_run_to_retry_is_the_latest_with_an_open_chunk(
+    ledger: Ledger, status: ChunkStatus
+) -> None:
+    """Without --run, retry takes the latest run with an open chunk: failed, refused, ambiguous,
+    or left in flight or pending (as a retry killed with -9 leaves them); a run whose chunks
+    are all accepted or abandoned is passed over."""
+    assert ledger.latest_run_to_retry() is None
+    older = new_run(ledger)
+    sent(ledger, older, make_chunk(), FAILED)
+    newer = new_run(ledger)
+    sent(ledger, newer, make_chunk(), ACCEPTED)
+    leave_chunk(ledger, newer, status)
+
+    found = ledger.latest_run_to_retry()
+    assert found is not None
+    assert found.run_id == (newer if status.is_open else older)
+    assert not hasattr(ledger, "latest_run_with_failures")  # one rule, not two
 
 
 def test_settings_never_store_a_key(ledger_path: Path) -> None:
@@ -600,6 +688,61 @@ def test_newer_schema_is_refused_and_left_alone(ledger_path: Path) -> None:
     assert digest(ledger_path) == before
 
 
+def rollback_journal_copy(path: Path) -> None:
+    """Leave a ledger as `VACUUM INTO` or `.backup` copies are: one file, rollback journal."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode = DELETE")
+
+
+def test_rollback_journal_ledger_is_switched_to_wal_on_open(ledger_path: Path) -> None:
+    """A sound ledger copied in rollback-journal mode opens as usual and is WAL from then on."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+        sent(led, run, make_chunk(), FAILED)
+    rollback_journal_copy(ledger_path)
+    assert raw(ledger_path, "PRAGMA journal_mode") == [("delete",)]
+    with Ledger.open(ledger_path) as led:
+        assert led.latest_run_to_retry() is not None
+    assert raw(ledger_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize("tree", ["chunks", "chunks_by_status", "sqlite_autoindex_item_errors_1"])
+def test_damaged_root_page_is_refused_before_the_switch_to_wal(
+    ledger_path: Path, tree: str
+) -> None:
+    """A rollback-journal ledger whose table or index root page is damaged (page 1 whole) is
+    refused as malformed and left byte for byte as it was: the switch to WAL never happens."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+        for _ in range(3):
+            sent(led, run, make_chunk(), ACCEPTED)
+    rollback_journal_copy(ledger_path)
+    ((root,),) = raw(ledger_path, "SELECT rootpage FROM sqlite_master WHERE name = ?", tree)
+    ((page_size,),) = raw(ledger_path, "PRAGMA page_size")
+    data = bytearray(ledger_path.read_bytes())
+    data[(root - 1) * page_size : root * page_size] = bytes(page_size)
+    ledger_path.write_bytes(bytes(data))
+
+    with pytest.raises(LedgerCorruptError, match="malformed") as info:
+        Ledger.open(ledger_path)
+    assert "never overwrites" in str(info.value)
+    assert ledger_path.read_bytes() == data
+    assert not Path(f"{ledger_path}-wal").exists()
+
+
+def test_the_root_page_probe_reads_every_b_tree_it_can_scan() -> None:
+    """Tables, plain and expression indexes are probed; a partial index is left alone, since
+    INDEXED BY cannot scan it (probing it would refuse every sound ledger that had one)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (a, b)")
+        conn.execute("CREATE INDEX plain ON t (a)")
+        conn.execute("CREATE INDEX expression ON t (a + b)")
+        conn.execute("CREATE INDEX partial ON t (a) WHERE b > 1")
+        conn.execute("CREATE TABLE w (a PRIMARY KEY, b) WITHOUT ROWID")
+        assert probe_btrees(conn) == 4
+
+
 # -- locking -----------------------------------------------------------------------------------
 
 HOLDER = textwrap.dedent(
@@ -621,26 +764,33 @@ HOLDER = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def holder(ledger_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Another process that holds the run lock with a chunk in flight; killed afterwards."""
+@contextlib.contextmanager
+def python_process(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Another Python process running ``script`` (this tree importable); killed afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(ledger_path)],
+        [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:
-        assert proc.stdout is not None
-        run_id = proc.stdout.readline().strip()
-        assert run_id, "the lock-holding process did not start"
-        yield proc, run_id
+        yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture
+def holder(ledger_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Another process that holds the run lock with a chunk in flight; killed afterwards."""
+    with python_process(HOLDER, str(ledger_path)) as proc:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        assert run_id, "the lock-holding process did not start"
+        yield proc, run_id
 
 
 def test_lock_held_by_another_process_then_released_by_kill_9(
@@ -661,6 +811,131 @@ def test_lock_held_by_another_process_then_released_by_kill_9(
         (chunk,) = led.load_chunks(run_id, {ChunkStatus.IN_FLIGHT})
         assert chunk.body == b'{"batch":[]}' and chunk.has_add
     assert mode(ledger_path.with_name(ledger_path.name + ".lock")) == 0o600
+
+
+def test_a_run_killed_holding_the_lock_reads_as_interrupted(
+    ledger_path: Path, holder: tuple[subprocess.Popen[str], str]
+) -> None:
+    """While its process holds the run lock a run reads as running; once that process is
+    killed with -9 it reads as interrupted, though its stored status still says running."""
+    proc, run_id = holder
+    with Ledger.open(ledger_path, create=False) as reader:
+        assert reader.run_lock_held() is True
+        assert reader.get_run(run_id).effective_status is RunStatus.RUNNING
+        assert [r.effective_status for r in reader.list_runs()] == [RunStatus.RUNNING]
+        assert reader.run_report(run_id)["status"] == "running"
+
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        assert reader.run_lock_held() is False
+        run = reader.get_run(run_id)
+        assert (run.status, run.effective_status) == (RunStatus.RUNNING, RunStatus.INTERRUPTED)
+        assert [r.effective_status for r in reader.list_runs()] == [RunStatus.INTERRUPTED]
+        assert reader.run_report(run_id)["status"] == "interrupted"
+    assert raw(ledger_path, "SELECT status FROM runs") == [("running",)]  # stored: untouched
+
+
+def test_readers_create_no_lock_file(ledger_path: Path) -> None:
+    """A ledger never locked has no lock file; reading it leaves none, and its run is stale."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+    with Ledger.open(ledger_path, create=False) as reader:
+        assert reader.get_run(run).effective_status is RunStatus.INTERRUPTED
+        assert reader.run_report(run)["status"] == "interrupted"
+    assert not Path(f"{ledger_path}.lock").exists()
+
+
+def test_a_lock_file_that_cannot_be_read_leaves_the_stored_status(ledger_path: Path) -> None:
+    """When the probe cannot open the lock file (here a symlink loop) nothing is guessed."""
+    with Ledger.open(ledger_path) as led:
+        run = new_run(led)
+    Path(f"{ledger_path}.lock").symlink_to(f"{ledger_path.name}.lock")
+    with Ledger.open(ledger_path, create=False) as reader:
+        assert reader.run_lock_held() is None
+        assert reader.get_run(run).effective_status is RunStatus.RUNNING
+
+
+def test_only_the_latest_running_run_is_alive_while_the_lock_is_held(ledger_path: Path) -> None:
+    """A run killed earlier stays interrupted while a later run holds the lock."""
+    with Ledger.open(ledger_path) as killed_earlier:
+        stale = new_run(killed_earlier)  # its process "died" without marking it
+    with Ledger.open(ledger_path) as live, Ledger.open(ledger_path, create=False) as reader:
+        live.lock_for_run()
+        current = new_run(live)
+        for book in (live, reader):
+            assert {r.run_id: r.effective_status for r in book.list_runs()} == {
+                stale: RunStatus.INTERRUPTED,
+                current: RunStatus.RUNNING,
+            }
+        live.mark_run(current, RunStatus.FINISHED)
+        assert reader.get_run(current).effective_status is RunStatus.FINISHED
+
+
+def test_a_probe_holding_the_lock_delays_a_starting_run_but_never_fails_it(
+    ledger_path: Path,
+) -> None:
+    """A reader's probe caught holding its shared lock is waited out; a shared holder that
+    stays is refused after the patience, naming the lock file."""
+    lock_path = Path(f"{ledger_path}.lock")
+    lock_path.touch()
+    with open(lock_path) as frozen:
+        fcntl.flock(frozen, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe, stopped mid-instant
+        thaw = threading.Timer(0.3, fcntl.flock, (frozen, fcntl.LOCK_UN))
+        thaw.start()
+        try:
+            started = time.monotonic()
+            with Ledger.open(ledger_path) as led:
+                led.lock_for_run()
+                assert time.monotonic() - started >= 0.25
+                assert led.run_lock_held() is True
+        finally:
+            thaw.cancel()
+            thaw.join()
+    with open(lock_path) as stays:
+        fcntl.flock(stays, fcntl.LOCK_SH)
+        with pytest.raises(LedgerLockedError, match=r"held shared for over 0\.2 s"):
+            acquire(lock_path, ledger_path, patience_s=0.2)
+
+
+PROBER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from importer.ledger.lock import probe
+    lock, seen, end = Path(sys.argv[1]), set(), time.monotonic() + float(sys.argv[2])
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        seen.add(probe(lock))
+    print(" ".join(sorted(map(str, seen))), flush=True)
+    """
+)
+
+
+def test_probes_in_a_tight_loop_never_make_a_run_fail_to_lock(ledger_path: Path) -> None:
+    """Another process probing without pause: a bare non-blocking flock does lose to it, but
+    taking the run lock never fails, over hundreds of runs starting and ending."""
+    lock_path = Path(f"{ledger_path}.lock")
+    lock_path.touch()
+    with python_process(PROBER, str(lock_path), "2.5") as prober:
+        assert prober.stdout is not None and prober.stdout.readline().strip() == "ready"
+        collisions = 0
+        with open(lock_path) as bare:  # what lock_for_run did before: one try, no second look
+            deadline = time.monotonic() + 2
+            while collisions == 0 and time.monotonic() < deadline:
+                try:
+                    fcntl.flock(bare, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(bare, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    collisions += 1
+        assert collisions, "the prober never held the lock: the test proves nothing"
+        runs = 0
+        while prober.poll() is None:
+            os.close(acquire(lock_path, ledger_path))  # raises LedgerLockedError on a failure
+            runs += 1
+        seen = prober.stdout.read().split()
+    assert runs >= 200
+    assert seen == ["False", "True"]  # the probes saw the runs, and the gaps between them
 
 
 # -- write failures ----------------------------------------------------------------------------

@@ -272,11 +272,6 @@ def test_damaged_or_foreign_ledger_is_exit_2_and_left_untouched(tmp_path: Path, 
     assert not Path(f"{ledger}-wal").exists() or Path(f"{ledger}-wal").stat().st_size == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger.py switches a rollback-journal ledger to WAL (a header write) before any "
-    "query finds its damaged pages (reported)",
-)
 def test_damaged_ledger_in_rollback_journal_mode_is_left_untouched(tmp_path: Path) -> None:
     """A damaged ledger copied in rollback-journal mode (VACUUM INTO, .backup) is not written."""
     ledger = _real_ledger(tmp_path, journal="DELETE")

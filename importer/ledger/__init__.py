@@ -1,0 +1,138 @@
+"""The SQLite results ledger: runs, their sources, chunks, attempts and outcomes.
+
+The ledger is what makes a run resumable and `retry` possible without the source files: before a
+chunk's request is sent its row is committed as ``in_flight`` together with its (compressed)
+body, so after any crash the ledger knows every chunk that may have reached the API.
+
+What this package owns, and what it must not know
+-------------------------------------------------
+It owns the file (its format, its checks, its migrations), the run lock, and every query over
+the tables below. It knows chunks and outcomes only as the value objects of ``importer.model``,
+and statuses only through their enums, whose predicates (``ChunkStatus.is_open``, …) say which
+status counts as what. It must not know HTTP or the sender, polars or the sources, the terminal
+(it never prints; errors carry a hint, and the CLI shows them), or the pipeline's order of calls.
+
+    schema.py   header checks, migrations, opening and creating the file, WAL
+    lock.py     the flock run lock, and the probe that tells readers whether a run is alive
+    store.py    what the parts share: the connection, its mutex, the clock, transactions
+    runs.py     runs and run_sources: create, resume, retry pick, mark; RunInfo, SourceInfo
+    chunks.py   the hot path: in flight, outcomes, waiting, load, resolve, stranded chunks
+    reports.py  run_report (``ledger show``) and export_failures (``ledger export``)
+
+The file
+--------
+One SQLite database (``fyno-import.ledger.db`` by default) in WAL mode with
+``synchronous=NORMAL``: a commit survives the process being killed (``kill -9``); an OS crash or
+power loss may lose the last few commits. The file is created readable and writable by its owner
+only (0600); SQLite gives its ``-wal`` and ``-shm`` sidecars the same mode. Its header carries
+``PRAGMA application_id`` = 0x46594E4F ("FYNO") and the schema version in ``PRAGMA user_version``.
+A file that is not such a database, or is damaged, is never written to, overwritten or
+"repaired": opening checks the header, the tables and every b-tree's root page before its first
+write (a migration, or the switch to WAL of a copy made in rollback-journal mode).
+
+A run (``run``, ``retry``, ``ledger resolve``) holds an exclusive ``flock`` on the sidecar
+``<ledger>.lock`` (0600, holding the owner's pid) for its whole duration; the kernel releases it
+when the process ends, however it ends. Readers (``ledger show``/``export``) take no lock; to
+tell a live run from one killed while ``running``, they may probe it with a shared lock held for
+an instant, which a starting run waits out instead of failing (see ``lock.py``).
+
+Tables (schema version 1), for querying with ``sqlite3``
+--------------------------------------------------------
+Timestamps are UTC ISO 8601 text with microseconds (``2026-11-29T23:45:00.123456Z``), so they
+sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compressed.
+
+``runs`` — one row per run (a resumed run keeps its row)
+    run_id        text, time-sortable: ``20261129T234500Z-1a2b3c``
+    created_at, updated_at, finished_at (NULL unless status is finished)
+    status        running | finished | interrupted | aborted (a run killed with -9 stays
+                  running here; ``ledger show`` reads it as interrupted once its lock is gone)
+    source_key    hash of the ordered source fingerprints and the shard: finds the run to resume
+    mapping_hash  hash of the mapping (without ``settings:``)
+    chunk_key     hash of the chunk settings (batch size, max batch bytes, shard, lane count)
+    shard         ``K/N`` or NULL
+    settings      JSON: every run option (never the API key)
+    base_url, workspace, api_version   where the chunks were sent; ``retry`` sends there again
+    summary       JSON: the last summary's counts, or NULL
+
+``run_sources`` — one row per source of a run, primary key (run_id, idx)
+    idx           position of the source in the run, from 0
+    source        the source as the user named it (path or URL)
+    fingerprint   hash of its content (local) or ETag and size (remote)
+    rows_read, rows_rejected
+    chunks_total  NULL until the source was completely read and chunked
+    status        pending | chunked | skipped (already imported by another run)
+
+``chunks`` — one row per chunk that was ever sent, primary key (run_id, chunk_id)
+    source_idx, lane, seq        where the chunk comes from (``run_sources.idx``)
+    first_row, last_row, items, bytes   its rows (1-based data records), item count, body size
+    has_add       1 when it carries ``$add`` (never resent blindly)
+    status        pending | in_flight | accepted | failed | refused | ambiguous | abandoned
+    attempts      requests sent for it, over all tries
+    http_status, request_id, error     of its last answer (error is a short, key-free text)
+    body          zlib: the exact request body; NULL once accepted
+    rows_z        zlib: JSON array, the source row of each item in body order; NULL once accepted
+    ids_z         zlib: JSON array, the distinct_id of each item in body order; kept
+    sent_at       when its request was last recorded as in flight
+    updated_at
+
+``item_errors`` — per-operator statuses other than "ok" in a 202 answer
+    run_id, chunk_id, item_index (position in the body), source_row, distinct_id, operator
+    (``$add``, …), status (what the API said instead of "ok")
+
+For example, the rows of failed chunks:
+``SELECT chunk_id, first_row, last_row, http_status, error FROM chunks WHERE status='failed'``.
+
+A schema change is one more function appended to ``schema._MIGRATIONS``; ``user_version`` is the
+number of migrations applied. A ledger with a higher version than this code knows is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from importer.ledger.chunks import ChunksMixin, PackedChunk, pack_chunk
+from importer.ledger.reports import EXPORT_COLUMNS, ReportsMixin
+from importer.ledger.runs import RunInfo, SourceInfo
+from importer.ledger.schema import SCHEMA_VERSION, open_connection
+from importer.model import RunStatus, SourceStatus
+
+__all__ = [
+    "EXPORT_COLUMNS",
+    "SCHEMA_VERSION",
+    "Ledger",
+    "PackedChunk",
+    "RunInfo",
+    "RunStatus",
+    "SourceInfo",
+    "SourceStatus",
+    "pack_chunk",
+]
+
+
+class Ledger(ChunksMixin, ReportsMixin):
+    """An open results ledger; one connection, safe to call from several threads.
+
+    Its methods come from the parts: runs (``runs.py``), chunks (``chunks.py``), reports
+    (``reports.py``), and the connection, clock and run lock they share (``store.py``).
+    """
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> Ledger:
+        """Open the ledger at `path`, creating it (0600) when missing and `create` is true."""
+        path = Path(path)
+        return cls(path, open_connection(path, create=create))
+
+    def __enter__(self) -> Self:
+        """Use the ledger as a context manager that closes it."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the ledger."""
+        self.close()

@@ -1,0 +1,169 @@
+"""What `ledger show` and `ledger export` read: a run's report, and the failures CSV.
+
+Both only read (no lock, safe while a run is going on); the CSV is created owner-only, since it
+holds profile ids and source rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+from typing import IO, Any, Final, cast
+
+from importer.errors import LedgerError
+from importer.files import open_private
+from importer.ledger.runs import RunsMixin
+from importer.ledger.store import decode_z, sql_list
+from importer.model import ChunkStatus
+
+EXPORT_COLUMNS: Final = (
+    "run_id",
+    "chunk_id",
+    "source",
+    "row",
+    "distinct_id",
+    "status",
+    "http_status",
+    "error",
+)
+_FAILURES: Final = sql_list(s for s in ChunkStatus if s.is_failure)
+_ITEM_ERROR_STATUS: Final = "item_error"  # the status column of an item error's line
+
+
+def _only_run(column: str, run_id: str | None) -> tuple[str, tuple[str, ...]]:
+    """An SQL condition that ``column`` is the run, with its parameters; none for every run."""
+    # Only when asked: `? IS NULL OR …` would keep SQLite from the run_id index.
+    return ("", ()) if run_id is None else (f" AND {column} = ?", (run_id,))
+
+
+def _blank(value: object) -> object:
+    """NULL as an empty CSV cell."""
+    return "" if value is None else value
+
+
+class ReportsMixin(RunsMixin):
+    """Reports over runs and chunks."""
+
+    def run_report(self, run_id: str) -> dict[str, Any]:
+        """A JSON-able description of the run for `ledger show` (never a secret)."""
+        run = self.get_run(run_id)
+        with self._reading() as conn:
+            by_status = {s.value: 0 for s in ChunkStatus}
+            per_source: dict[int, dict[str, int]] = {}
+            items = size = attempts = items_accepted = 0
+            for source_idx, status, n, n_items, n_bytes, n_attempts in conn.execute(
+                "SELECT source_idx, status, count(*), sum(items), sum(bytes), sum(attempts)"
+                " FROM chunks WHERE run_id = ? GROUP BY source_idx, status",
+                (run_id,),
+            ):
+                by_status[status] = by_status.get(status, 0) + n
+                per_source.setdefault(source_idx, {})[status] = n
+                items += n_items
+                size += n_bytes
+                attempts += n_attempts
+                if status == ChunkStatus.ACCEPTED:
+                    items_accepted += n_items
+            (item_errors,) = conn.execute(
+                "SELECT count(*) FROM item_errors WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return {
+            "run_id": run.run_id,
+            "status": run.effective_status,  # a killed run reads as interrupted, not running
+            "created_at": run.created_at,
+            "updated_at": run.updated_at,
+            "finished_at": run.finished_at,
+            "source_key": run.source_key,
+            "mapping_hash": run.mapping_hash,
+            "chunk_key": run.chunk_key,
+            "shard": run.shard,
+            "base_url": run.base_url,
+            "workspace": run.workspace,
+            "api_version": run.api_version,
+            "settings": run.settings,
+            "summary": run.summary,
+            "sources": [
+                {
+                    "idx": s.idx,
+                    "source": s.source,
+                    "fingerprint": s.fingerprint,
+                    "status": s.status,
+                    "rows_read": s.rows_read,
+                    "rows_rejected": s.rows_rejected,
+                    "chunks_total": s.chunks_total,
+                    "chunks_accepted": per_source.get(s.idx, {}).get(ChunkStatus.ACCEPTED, 0),
+                }
+                for s in run.sources
+            ],
+            "chunks": by_status,
+            "chunks_recorded": sum(by_status.values()),
+            "items": items,
+            "items_accepted": items_accepted,
+            "bytes": size,
+            "attempts": attempts,
+            "item_errors": item_errors,
+        }
+
+    def export_failures(self, path: Path, run_id: str | None = None) -> int:
+        """Write the CSV of failed, refused and ambiguous items and item errors (0600); lines."""
+        path = Path(path)
+        where, params = _only_run("c.run_id", run_id)
+        with self._reading() as conn:
+            if run_id is not None:
+                self._run_exists(conn, run_id)
+            keys = conn.execute(
+                "SELECT c.run_id, c.chunk_id FROM chunks c JOIN runs r USING (run_id)"
+                f" WHERE c.status IN {_FAILURES}{where}"
+                " ORDER BY r.created_at, c.run_id, c.source_idx, c.first_row, c.chunk_id",
+                params,
+            ).fetchall()
+        try:
+            handle = cast(IO[str], open_private(path, "w"))
+        except OSError as e:
+            raise LedgerError(f"cannot write {path}: {e.strerror}") from None
+        with handle:
+            out = csv.writer(handle, lineterminator="\n")
+            out.writerow(EXPORT_COLUMNS)
+            lines = sum(self._write_chunk_items(out, chunk_run, cid) for chunk_run, cid in keys)
+            with self._reading() as conn:
+                lines += _write_item_errors(out, conn, run_id)
+        return lines
+
+    def _write_chunk_items(self, out: Any, run_id: str, chunk_id: str) -> int:
+        """One line per item of a failed chunk; how many."""
+        # One chunk at a time, so a big export holds one chunk's rows in memory, not all.
+        with self._reading() as conn:
+            source, status, http_status, error, rows_z, ids_z = conn.execute(
+                "SELECT s.source, c.status, c.http_status, c.error, c.rows_z, c.ids_z"
+                " FROM chunks c LEFT JOIN run_sources s"
+                " ON s.run_id = c.run_id AND s.idx = c.source_idx"
+                " WHERE c.run_id = ? AND c.chunk_id = ?",
+                (run_id, chunk_id),
+            ).fetchone()
+        rows = decode_z(rows_z) if rows_z is not None else []
+        ids = decode_z(ids_z) if ids_z is not None else []
+        head = (run_id, chunk_id, source)
+        tail = (status, _blank(http_status), error or "")
+        pairs = list(zip(rows, ids, strict=False))  # both in body order, one per item
+        out.writerows((*head, row, distinct_id, *tail) for row, distinct_id in pairs)
+        return len(pairs)
+
+
+def _write_item_errors(out: Any, conn: sqlite3.Connection, run_id: str | None) -> int:
+    """One line per item error of an accepted chunk (of one run, or of all); how many."""
+    where, params = _only_run("e.run_id", run_id)
+    lines = 0
+    for er, cid, source, item_row, distinct_id, http_status, op, st in conn.execute(
+        "SELECT e.run_id, e.chunk_id, s.source, e.source_row, e.distinct_id,"
+        " c.http_status, e.operator, e.status FROM item_errors e"
+        " JOIN chunks c ON c.run_id = e.run_id AND c.chunk_id = e.chunk_id"
+        " JOIN runs r ON r.run_id = e.run_id"
+        " LEFT JOIN run_sources s ON s.run_id = c.run_id AND s.idx = c.source_idx"
+        f" WHERE 1{where}"
+        " ORDER BY r.created_at, e.run_id, c.source_idx, e.source_row, e.item_index",
+        params,
+    ).fetchall():
+        row = (er, cid, source, _blank(item_row), distinct_id or "", _ITEM_ERROR_STATUS)
+        out.writerow((*row, _blank(http_status), f"{op}: {st}"))
+        lines += 1
+    return lines
