@@ -92,11 +92,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from importer.ledger.chunks import ChunksMixin, PackedChunk, pack_chunk
+from importer.ledger.chunks import ChunksMixin, pack_chunk
 from importer.ledger.reports import EXPORT_COLUMNS, ReportsMixin
 from importer.ledger.runs import RunInfo, SourceInfo
 from importer.ledger.schema import SCHEMA_VERSION, open_connection
-from importer.model import RunStatus, SourceStatus
+from importer.model import PackedChunk, RunStatus, SourceStatus
 
 __all__ = [
     "EXPORT_COLUMNS",

@@ -11,14 +11,13 @@ from __future__ import annotations
 import sqlite3
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from importer.errors import LedgerError
 from importer.ledger.store import Store, compress, decode_z, sql_list
-from importer.model import Chunk, ChunkOutcome, ChunkStatus
+from importer.model import Chunk, ChunkOutcome, ChunkStatus, PackedChunk
 
 _IN_FLIGHT: Final = ChunkStatus.IN_FLIGHT.value
 _ACCEPTED: Final = ChunkStatus.ACCEPTED.value
@@ -48,15 +47,6 @@ _AMBIGUOUS_SQL: Final = (
     f"UPDATE chunks SET status = '{_AMBIGUOUS}', error = ?, attempts = attempts + 1,"
     f" updated_at = ? WHERE run_id = ? AND status = '{_IN_FLIGHT}'"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PackedChunk:
-    """A chunk's compressed body, rows and ids, as ``record_in_flight`` stores them."""
-
-    body_z: bytes
-    rows_z: bytes
-    ids_z: bytes
 
 
 def pack_chunk(chunk: Chunk) -> PackedChunk:

@@ -13,7 +13,6 @@ from importer import config
 from importer.errors import RunConflictError
 from importer.events import Reporter, SkipReason, SourceSkipped
 from importer.ledger import Ledger, RunInfo
-from importer.model import ChunkStatus
 from importer.pipeline.reading import Prepared
 from importer.pipeline.summary import RunSummary, SourceSummary
 
@@ -82,18 +81,4 @@ def sources_to_send(
 def settle_stranded(ledger: Ledger, run_id: str) -> None:
     """Chunks a killed process left in flight: $add ones become ambiguous, idempotent ones stay
     in flight and are resent. The caller holds the run lock, so nothing is sending them now."""
-    for chunk in ledger.load_chunks(run_id, {ChunkStatus.IN_FLIGHT}):
-        if chunk.has_add:
-            ledger.mark_ambiguous(run_id, chunk.chunk_id, STRANDED_ADD)
-
-
-def latest_run_to_retry(ledger: Ledger) -> RunInfo | None:
-    """The latest run with chunks still open: failed, refused, ambiguous, in flight or pending.
-
-    In flight counts too: a `retry` killed with -9 leaves its chunks so, and they must not fall
-    out of sight (the run lock is held, so no live process is sending them).
-    """
-    for run in reversed(ledger.list_runs()):
-        if any(status.is_open for status in ledger.chunk_statuses(run.run_id).values()):
-            return run
-    return None
+    ledger.settle_stranded(run_id, STRANDED_ADD)

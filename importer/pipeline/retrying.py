@@ -25,9 +25,9 @@ from importer.events import (
     RunUnfinished,
 )
 from importer.ledger import Ledger, RunInfo
-from importer.model import Chunk, ChunkStatus, RunStatus
+from importer.model import Chunk, ChunkStatus
 from importer.pipeline.options import RetryOptions, send_config
-from importer.pipeline.resume import latest_run_to_retry, settle_stranded
+from importer.pipeline.resume import settle_stranded
 from importer.pipeline.sending import ChunkReady, LedgerRecorder, Message, send_produced
 from importer.pipeline.signals import sigterm_stops_the_command
 from importer.pipeline.summary import RunSummary
@@ -46,14 +46,14 @@ def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter
     summary.ledger = str(options.ledger)
     with Ledger.open(options.ledger, create=False) as ledger:
         ledger.lock_for_run()
-        run = ledger.get_run(options.run_id) if options.run_id else latest_run_to_retry(ledger)
+        run = ledger.get_run(options.run_id) if options.run_id else ledger.latest_run_to_retry()
         if run is None:
             reporter.emit(NothingToRetry(str(options.ledger)))
             return summary
         summary.run_id = run.run_id
         reporter.emit(RetryStarted(run.run_id))
         target = _recorded_target(run, options)
-        if not RunStatus(run.status).is_finished:
+        if not run.status.is_finished:
             reporter.emit(RunUnfinished(run.run_id, str(run.status)))
         settle_stranded(ledger, run.run_id)
         to_send = _count_what_is_left(ledger, run.run_id, options, summary, reporter)
