@@ -79,12 +79,7 @@ def stages(source: Path) -> tuple[dict[str, float], str]:
 
     def chunker(build: bool) -> Any:
         return Chunker(
-            source_index=0,
-            source=str(source),
-            source_fingerprint="bench",
-            mapping_hash="bench",
-            settings=ChunkSettings(),
-            build_bodies=build,
+            import_key="bench", settings=ChunkSettings(), sources=[str(source)], build_bodies=build
         )
 
     counting, building = chunker(False), chunker(True)
@@ -102,11 +97,11 @@ def stages(source: Path) -> tuple[dict[str, float], str]:
             result = transformer.apply(batch)
             timings["transform"] += time.perf_counter() - began
             began = time.perf_counter()
-            for _ in counting.add(result.items):
+            for _ in counting.add(result.items, 0):
                 pass
             timings["chunk (count)"] += time.perf_counter() - began
             began = time.perf_counter()
-            for _ in building.add(result.items):
+            for _ in building.add(result.items, 0):
                 pass
             timings["chunk (bodies)"] += time.perf_counter() - began
         began = time.perf_counter()

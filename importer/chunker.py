@@ -1,15 +1,19 @@
-"""Items → chunks bounded by item count and body bytes, with deterministic ids.
+"""Items → chunks, cut over the whole import, each as full as the two bounds allow.
 
-Each item goes to one of ``LANES`` lanes by a hash of its ``distinct_id``, so every update of a
-profile travels in one lane; a lane's chunks are cut in file order and the sender keeps at most
-one chunk of a lane in flight. That is how per-profile order holds at any concurrency without a
-per-row dependency graph.
+The items of every source arrive in import order (sources in the order given, rows in file
+order, split pieces in order) and are cut greedily into consecutive chunks: a chunk closes when
+it holds ``batch_size`` items, or when the next item would push its body over
+``max_batch_bytes``. The open remainder carries over to the next batch of rows and the next
+source, so the chunks do not depend on how the rows are spread over files or read batches: a
+run of I items makes ceil(I / batch size) chunks when the byte bound does not bind, and a later
+run recomputes the same chunk ids. A chunk may carry rows of several sources.
 
-Cutting is greedy and exact: a chunk closes when it holds ``batch_size`` items or when the next
-item would push the body over ``max_batch_bytes``. The cut points of a lane's buffer come from a
-prefix sum and ``searchsorted`` (one Python step per chunk, not per item). A lane's open remainder
-carries over to the next batch of rows, so the chunks do not depend on how the reader batched the
-file, and a later run recomputes the same chunk ids.
+Per-profile order is not the chunker's to keep: items stay in import order inside a chunk and
+across chunks, and the sender starts a chunk only once every earlier chunk holding one of its
+profiles has its final answer (``Chunk.id_keys``).
+
+Cut points come from a prefix sum and ``searchsorted`` (one Python step per chunk, not per item);
+the bodies of a batch's closed chunks are joined by one polars ``group_by``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +32,9 @@ from importer.model import Chunk
 from importer.sources import ROW
 from importer.transform import BODY_OVERHEAD
 
-LANES = 64  # fixed: part of every chunk id; the most useful concurrency is bounded by it
-_LANE_SEED = 0x5EED
+CHUNKER = "import-order-v2"  # the cutting rule: part of every chunk id
+SOURCE = "__src__"
+_KEY_SEED = 0x5EED  # within one process only: which chunks share a profile
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,147 +43,165 @@ class ChunkSettings:
 
     batch_size: int = config.DEFAULT_BATCH_SIZE
     max_batch_bytes: int = config.DEFAULT_MAX_BATCH_BYTES
-    shard: tuple[int, int] | None = None  # (K, N)
-    lanes: int = LANES
+    shard: config.Shard | None = None
 
     def key(self) -> str:
-        """A hash of the settings, plus the polars version whose hash routes items to lanes."""
+        """A hash of the settings and of the cutting rule."""
         data = {
             "batch_size": self.batch_size,
             "max_batch_bytes": self.max_batch_bytes,
             "shard": list(self.shard) if self.shard else None,
-            "lanes": self.lanes,
-            "lane_hash": f"polars-{pl.__version__}/{_LANE_SEED}",
+            "chunker": CHUNKER,
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
 
+    @property
+    def budget(self) -> int:
+        """The bound on the sum of (item bytes + 1) in one chunk.
 
-def lane_of(distinct_id: pl.Expr, lanes: int = LANES) -> pl.Expr:
-    """The lane of each item: a seeded polars hash of its distinct_id, modulo the lane count."""
-    return (distinct_id.hash(seed=_LANE_SEED) % lanes).cast(pl.Int32)
+        body bytes = overhead + sum(item bytes) + (n - 1) commas = overhead - 1 + sum(item + 1)
+        """
+        return self.max_batch_bytes - BODY_OVERHEAD + 1
 
 
 def shard_of(ids: pl.Series, shards: int) -> pl.Series:
-    """The 0-based shard of each id: first 8 bytes of SHA-256 of the UTF-8 id, mod N."""
-    values = [
-        int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") % shards if i else 0
-        for i in ids.to_list()
-    ]
-    return pl.Series(ids.name, values, dtype=pl.Int64)
+    """The 0-based shard of each id: first 8 bytes of SHA-256 of the UTF-8 id, mod N.
+
+    Vectorised: the first 16 hex digits of the digest, as two 32-bit halves, reduced mod N
+    without overflowing 64 bits.
+    """
+    import polars_hash as plh
+
+    digest = plh.col(ids.name).chash.sha2_256()
+    high = digest.str.slice(0, 8).str.to_integer(base=16).cast(pl.Int64)
+    low = digest.str.slice(8, 8).str.to_integer(base=16).cast(pl.Int64)
+    shard = ((high % shards) * ((1 << 32) % shards) + low) % shards
+    frame = ids.to_frame()
+    return frame.select(pl.when(pl.col(ids.name) != "").then(shard).otherwise(0)).to_series()
 
 
-@dataclass
-class _Lane:
-    """A lane's open chunk: the items not yet cut, as plain arrays and lists."""
+def cut_points(sizes: np.ndarray, *, most: int, budget: int, final: bool) -> list[int]:
+    """The end index of each chunk that closes in ``sizes`` (item bytes + 1), greedily.
 
-    seq: int = 0
-    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # bytes + 1
-    adds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
-    items: list[str] = field(default_factory=list)  # only when building bodies
-    rows: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
+    A chunk still open at the end of ``sizes`` (fewer than ``most`` items, and ``final`` false)
+    is not cut: more items may join it.
+    """
+    prefix = np.concatenate(([0], np.cumsum(sizes)))
+    ends: list[int] = []
+    start, n = 0, len(sizes)
+    while start < n:
+        fits = int(np.searchsorted(prefix, prefix[start] + budget, side="right")) - 1
+        end = min(start + most, fits, n)
+        if end == n and end - start < most and not final:
+            break
+        end = max(end, start + 1)  # an item alone always fits (the transform rejects bigger rows)
+        ends.append(end)
+        start = end
+    return ends
 
 
 @dataclass
 class Chunker:
-    """Cuts one source's items into chunks; ``add`` per batch of items, ``finish`` at the end."""
+    """Cuts the import's items into chunks; ``add`` per batch of a source, ``finish`` at the end.
 
-    source_index: int
-    source: str
-    source_fingerprint: str
-    mapping_hash: str
+    ``import_key`` identifies the import (its sources' fingerprints in order, the mapping, the
+    shard, and under --changed-only the sync state): chunk ids hash it with the settings and the
+    chunk's position, so the same import cut again gives the same ids.
+    """
+
+    import_key: str
     settings: ChunkSettings
+    sources: Sequence[str]  # the import's source names, by index
     build_bodies: bool = True  # False: count chunks and bytes only (validate, dry run)
     chunks: int = 0
     bytes: int = 0
-    _lanes: dict[int, _Lane] = field(default_factory=dict)
+    _open: pl.DataFrame | None = field(default=None, repr=False)
 
     @functools.cached_property
-    def _settings_key(self) -> str:
-        return self.settings.key()  # a JSON dump and a SHA-256: once, not per chunk
+    def _id_prefix(self) -> str:
+        return f"{self.import_key}|{self.settings.key()}|"
 
-    def _budget(self) -> int:
-        # body bytes = overhead + sum(item bytes) + (n - 1) commas = overhead - 1 + sum(item + 1)
-        return self.settings.max_batch_bytes - BODY_OVERHEAD + 1
+    def chunk_id(self, seq: int) -> str:
+        """The deterministic id of the import's seq-th chunk."""
+        return hashlib.sha256(f"{self._id_prefix}{seq}".encode()).hexdigest()[:32]
 
-    def chunk_id(self, lane: int, seq: int) -> str:
-        """The deterministic id of a lane's seq-th chunk of this source."""
-        text = "|".join(
-            [self.source_fingerprint, self.mapping_hash, self._settings_key, str(lane), str(seq)]
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+    @property
+    def open_seq(self) -> int:
+        """The position the chunk being filled now will have."""
+        return self.chunks
 
-    def add(self, items: pl.DataFrame) -> Iterator[Chunk]:
-        """Route a batch of items (in file order) to lanes; yield every chunk that closes."""
+    @property
+    def open_items(self) -> int:
+        """Items waiting in the chunk being filled."""
+        return 0 if self._open is None else self._open.height
+
+    def add(self, items: pl.DataFrame, source_index: int) -> Iterator[Chunk]:
+        """Append a batch of one source's items (in file order); yield every chunk that closes."""
         if items.height == 0:
             return
-        lanes = items.select(lane_of(pl.col("distinct_id"), self.settings.lanes)).to_series()
-        # One stable sort groups the batch by lane and keeps file order inside each lane.
-        order = np.argsort(lanes.to_numpy(), kind="stable")
-        sorted_lanes = lanes.to_numpy()[order]
-        sizes = items["nbytes"].to_numpy()[order] + 1
-        adds = items["has_add"].to_numpy()[order]
-        texts: list[str] = []
-        rows: list[int] = []
-        ids: list[str] = []
-        if self.build_bodies:
-            picked = items.select(pl.col("item", ROW, "distinct_id").gather(order))
-            texts = picked["item"].to_list()
-            rows = picked[ROW].to_list()
-            ids = picked["distinct_id"].to_list()
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_lanes)) + 1))
-        ends = np.concatenate((starts[1:], [len(order)]))
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            lane = int(sorted_lanes[a])
-            state = self._lanes.setdefault(lane, _Lane())
-            state.sizes = np.concatenate((state.sizes, sizes[a:b]))
-            state.adds = np.concatenate((state.adds, adds[a:b]))
-            if self.build_bodies:
-                state.items.extend(texts[a:b])
-                state.rows.extend(rows[a:b])
-                state.ids.extend(ids[a:b])
-            yield from self._cut(lane, state, final=False)
+        batch = items.with_columns(pl.lit(source_index, pl.Int32).alias(SOURCE))
+        if not self.build_bodies:
+            batch = batch.select("nbytes")
+        buffer = batch if self._open is None else pl.concat([self._open, batch], how="vertical")
+        yield from self._cut(buffer, final=False)
 
     def finish(self) -> Iterator[Chunk]:
-        """Close every lane's open remainder, in lane order."""
-        for lane in sorted(self._lanes):
-            yield from self._cut(lane, self._lanes[lane], final=True)
-        self._lanes.clear()
+        """Close the last, partly filled chunk."""
+        if self._open is not None:
+            buffer, self._open = self._open, None
+            yield from self._cut(buffer, final=True)
 
-    def _cut(self, lane: int, state: _Lane, *, final: bool) -> Iterator[Chunk]:
-        """Emit the lane's closed chunks; the open remainder stays for more items."""
-        sizes = state.sizes
-        prefix = np.concatenate(([0], np.cumsum(sizes)))
-        n, start, budget, most = len(sizes), 0, self._budget(), self.settings.batch_size
-        while start < n:
-            fits = int(np.searchsorted(prefix, prefix[start] + budget, side="right")) - 1
-            end = min(start + most, fits, n)
-            if end == n and end - start < most and not final:
-                break  # still open: more items may join it
-            end = max(end, start + 1)  # an item alone always fits (transform rejects bigger rows)
-            chunk = self._emit(lane, state, start, end, int(prefix[end] - prefix[start]))
-            if chunk is not None:
-                yield chunk
-            start = end
-        if start:
-            state.sizes, state.adds = state.sizes[start:], state.adds[start:]
-            if self.build_bodies:
-                del state.items[:start], state.rows[:start], state.ids[:start]
-
-    def _emit(self, lane: int, state: _Lane, start: int, end: int, sized: int) -> Chunk | None:
-        seq, state.seq = state.seq, state.seq + 1
-        self.chunks += 1
-        self.bytes += BODY_OVERHEAD - 1 + sized
-        if not self.build_bodies:
-            return None
-        return Chunk(
-            chunk_id=self.chunk_id(lane, seq),
-            source_index=self.source_index,
-            source=self.source,
-            lane=lane,
-            seq=seq,
-            body=('{"batch":[' + ",".join(state.items[start:end]) + "]}").encode(),
-            rows=state.rows[start:end],
-            distinct_ids=state.ids[start:end],
-            has_add=bool(state.adds[start:end].any()),
+    def _cut(self, buffer: pl.DataFrame, *, final: bool) -> Iterator[Chunk]:
+        sizes = buffer["nbytes"].to_numpy() + 1
+        ends = cut_points(
+            sizes, most=self.settings.batch_size, budget=self.settings.budget, final=final
         )
+        done = ends[-1] if ends else 0
+        self._open = buffer.slice(done) if done < buffer.height else None
+        if not ends:
+            return
+        starts = [0, *ends[:-1]]
+        prefix = np.concatenate(([0], np.cumsum(sizes[:done])))
+        first_seq = self.chunks
+        self.chunks += len(ends)
+        self.bytes += len(ends) * (BODY_OVERHEAD - 1) + int(prefix[done])
+        if self.build_bodies:
+            yield from self._build(buffer.slice(0, done), starts, ends, first_seq)
+
+    def _build(
+        self, closed: pl.DataFrame, starts: list[int], ends: list[int], first_seq: int
+    ) -> Iterator[Chunk]:
+        """Every closed chunk of a buffer, its body and item columns joined by polars."""
+        lengths = np.diff(np.asarray([0, *ends]))
+        labels = np.repeat(np.arange(len(ends), dtype=np.int32), lengths)
+        parts = (
+            closed.with_columns(pl.Series("__chunk__", labels))
+            .group_by("__chunk__", maintain_order=True)
+            .agg(
+                pl.col("item").str.join(",").alias("body"),
+                pl.col(ROW).cast(pl.String).str.join(",").alias("rows"),
+                pl.col("id_json").str.join(",").alias("ids"),
+                pl.col(ROW).first().alias("first_row"),
+                pl.col(ROW).last().alias("last_row"),
+                pl.col("has_add").any().alias("has_add"),
+                pl.col("distinct_id").hash(_KEY_SEED).alias("keys"),
+                pl.col(SOURCE).rle().alias("runs"),
+            )
+        )
+        for offset, part in enumerate(parts.iter_rows(named=True)):
+            seq = first_seq + offset
+            runs = tuple((int(r["value"]), int(r["len"])) for r in part["runs"])
+            yield Chunk(
+                chunk_id=self.chunk_id(seq),
+                seq=seq,
+                body=b'{"batch":[' + part["body"].encode() + b"]}",
+                items=int(ends[offset] - starts[offset]),
+                rows_json=b"[" + part["rows"].encode() + b"]",
+                ids_json=b"[" + part["ids"].encode() + b"]",
+                sources=runs,
+                source=self.sources[runs[0][0]],
+                first_row=int(part["first_row"]),
+                last_row=int(part["last_row"]),
+                has_add=bool(part["has_add"]),
+                id_keys=frozenset(part["keys"]),
+            )

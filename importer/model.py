@@ -94,34 +94,87 @@ class PackedChunk:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One request body's worth of items, all from one source and one lane."""
+    """One request body's worth of items, in import order; it may carry rows of several sources.
 
-    chunk_id: str  # deterministic: same source, mapping and chunk settings give the same id
-    source_index: int  # position of its source in the run
-    source: str  # the source as the user named it (path or URL)
-    lane: int  # every item of one distinct_id goes to the same lane
-    seq: int  # position among its lane's chunks of this source, from 0
+    The per-item columns (rows, ids) are kept as the JSON arrays the ledger stores, so building a
+    chunk creates no Python object per item; ``rows()`` and ``distinct_ids()`` decode them.
+    """
+
+    chunk_id: str  # deterministic: the same import and chunk settings give the same id
+    seq: int  # position among the import's chunks, from 0 (the order of sending)
     body: bytes  # the exact request body: {"batch":[item,...]} in compact JSON
-    rows: list[int] = field(repr=False)  # 1-based source row of each item, in body order
-    distinct_ids: list[str] = field(repr=False)  # distinct_id of each item, in body order
+    items: int
+    rows_json: bytes = field(repr=False)  # JSON array: each item's 1-based source row
+    ids_json: bytes = field(repr=False)  # JSON array: each item's distinct_id
+    sources: tuple[tuple[int, int], ...]  # runs of (source index, items), in body order
+    source: str  # the first source's name, for messages
+    first_row: int  # the first item's source row
+    last_row: int  # the last item's source row
     has_add: bool = False  # carries $add: not idempotent, never resent when its fate is unknown
+    # one key per distinct profile, comparable within this process only: the sender starts a
+    # chunk only when no earlier unsettled chunk shares one
+    id_keys: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
     # compressed for the ledger off the event loop (by the reader thread), when it will be sent
     packed: PackedChunk | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def items(self) -> int:
-        """Number of items in the body."""
-        return len(self.rows)
+    @classmethod
+    def of(
+        cls,
+        *,
+        chunk_id: str,
+        seq: int,
+        body: bytes,
+        rows: list[int],
+        distinct_ids: list[str],
+        sources: tuple[tuple[int, int], ...] | None = None,
+        source: str = "",
+        has_add: bool = False,
+    ) -> Chunk:
+        """A chunk from plain lists (the ledger's stored chunks, tests)."""
+        import orjson
+
+        return cls(
+            chunk_id=chunk_id,
+            seq=seq,
+            body=body,
+            items=len(rows),
+            rows_json=orjson.dumps(rows),
+            ids_json=orjson.dumps(distinct_ids),
+            sources=sources if sources is not None else ((0, len(rows)),),
+            source=source,
+            first_row=rows[0] if rows else 0,
+            last_row=rows[-1] if rows else 0,
+            has_add=has_add,
+            id_keys=frozenset(hash(i) for i in distinct_ids),
+        )
 
     @property
-    def first_row(self) -> int:
-        """Smallest source row in the chunk."""
-        return min(self.rows)
+    def first_source(self) -> int:
+        """Index of the source of the first item."""
+        return self.sources[0][0] if self.sources else 0
 
     @property
-    def last_row(self) -> int:
-        """Largest source row in the chunk."""
-        return max(self.rows)
+    def last_source(self) -> int:
+        """Index of the source of the last item."""
+        return self.sources[-1][0] if self.sources else 0
+
+    def rows(self) -> list[int]:
+        """Each item's source row, in body order."""
+        import orjson
+
+        rows: list[int] = orjson.loads(self.rows_json)
+        return rows
+
+    def distinct_ids(self) -> list[str]:
+        """Each item's distinct_id, in body order."""
+        import orjson
+
+        ids: list[str] = orjson.loads(self.ids_json)
+        return ids
+
+    def item_sources(self) -> list[int]:
+        """Each item's source index, in body order."""
+        return [index for index, count in self.sources for _ in range(count)]
 
 
 @dataclass(frozen=True, slots=True)

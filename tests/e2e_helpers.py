@@ -490,7 +490,6 @@ class LedgerChunk:
 
     run_id: str
     chunk_id: str
-    lane: int
     status: str
     has_add: bool
     items: int
@@ -498,6 +497,15 @@ class LedgerChunk:
     error: str | None
     distinct_ids: list[str]
     rows: list[int] | None
+    sources: list[int] | None = None  # each item's source index, while its rows are kept
+
+    def global_rows(self, offsets: Sequence[int]) -> set[int]:
+        """Its items' 1-based row numbers in the rows of every source put end to end
+        (``offsets[i]``: the rows before source i)."""
+        if self.rows is None:
+            return set()
+        sources = self.sources or [0] * len(self.rows)
+        return {offsets[src] + row for src, row in zip(sources, self.rows, strict=True)}
 
 
 def _ro(path: Path) -> sqlite3.Connection:
@@ -509,7 +517,8 @@ def ledger_chunks(path: Path, run_id: str | None = None) -> list[LedgerChunk]:
     if not path.exists():
         return []
     query = (
-        "SELECT run_id, chunk_id, lane, status, has_add, items, attempts, error, ids_z, rows_z"
+        "SELECT run_id, chunk_id, status, has_add, items, attempts, error, ids_z, rows_z,"
+        " source_idx, sources_z"
         " FROM chunks" + (" WHERE run_id = ?" if run_id else "")
     )
     try:
@@ -521,17 +530,23 @@ def ledger_chunks(path: Path, run_id: str | None = None) -> list[LedgerChunk]:
         LedgerChunk(
             run_id=r[0],
             chunk_id=r[1],
-            lane=r[2],
-            status=r[3],
-            has_add=bool(r[4]),
-            items=r[5],
-            attempts=r[6],
-            error=r[7],
-            distinct_ids=json.loads(zlib.decompress(r[8])) if r[8] is not None else [],
-            rows=json.loads(zlib.decompress(r[9])) if r[9] is not None else None,
+            status=r[2],
+            has_add=bool(r[3]),
+            items=r[4],
+            attempts=r[5],
+            error=r[6],
+            distinct_ids=json.loads(zlib.decompress(r[7])) if r[7] is not None else [],
+            rows=json.loads(zlib.decompress(r[8])) if r[8] is not None else None,
+            sources=_item_sources(r[9], r[10], r[4]),
         )
         for r in rows
     ]
+
+
+def _item_sources(first: int, runs_z: bytes | None, items: int) -> list[int]:
+    """Each item's source index, from a chunk's runs of [source, count] (or its first source)."""
+    runs = json.loads(zlib.decompress(runs_z)) if runs_z is not None else [[first, items]]
+    return [index for index, count in runs for _ in range(count)]
 
 
 def count_status(chunks: Sequence[LedgerChunk], status: str) -> int:
@@ -563,52 +578,71 @@ def files_under(*paths: Path) -> Iterator[Path]:
 KILLED_IN_FLIGHT = "was in flight when an earlier try stopped"  # the ledger's note on such chunks
 
 
+def _groups(chunks: Sequence[LedgerChunk]) -> list[list[LedgerChunk]]:
+    """Chunks joined into groups that share no profile with each other (union-find over ids)."""
+    parent = list(range(len(chunks)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for index, chunk in enumerate(chunks):
+        for distinct_id in chunk.distinct_ids:
+            if distinct_id in owner:
+                parent[root(index)] = root(owner[distinct_id])
+            else:
+                owner[distinct_id] = index
+    groups: dict[int, list[LedgerChunk]] = {}
+    for index, chunk in enumerate(chunks):
+        groups.setdefault(root(index), []).append(chunk)
+    return list(groups.values())
+
+
 def explain_state(
     rows: Sequence[dict[str, str]],
     chunks: Sequence[LedgerChunk],
     actual: dict[str, dict[str, Any]],
     unknown: set[str],
+    offsets: Sequence[int] = (0,),
 ) -> dict[str, bool]:
     """Prove the emulator's state is the rows applied once each, bar whole unknown chunks.
 
     ``rows`` must be one item each (``make_rows(single_item=True)``) and ``unknown`` the ids of
     chunks whose fate nobody can know (a $add chunk in flight when the importer was killed: it
-    reached the API, or not). Lanes hold disjoint profiles, so each lane is solved on its own:
-    some choice of its unknown chunks as applied or not must give exactly the emulator's
-    profiles. Returns chunk id → applied; raises AssertionError naming a lane that fits no choice
-    (an update lost, or one applied twice).
+    reached the API, or not). Chunks sharing no profile are independent, so each group of
+    chunks linked by shared profiles is solved on its own: some choice of its unknown chunks as
+    applied or not must give exactly the emulator's profiles. Returns chunk id → applied; raises
+    AssertionError naming a group that fits no choice (an update lost, or one applied twice).
+    With several sources, ``rows`` are theirs end to end and ``offsets[i]`` the rows before
+    source i.
     """
-    lane_of_id: dict[str, int] = {}
-    for chunk in chunks:
-        for distinct_id in chunk.distinct_ids:
-            lane_of_id[distinct_id] = chunk.lane
     decided: dict[str, bool] = {}
-    by_lane: dict[int, list[LedgerChunk]] = {}
-    for chunk in chunks:
-        by_lane.setdefault(chunk.lane, []).append(chunk)
     numbered = list(enumerate(rows, start=1))
-    for lane, lane_chunks in sorted(by_lane.items()):
-        ids = {d for c in lane_chunks for d in c.distinct_ids}
-        lane_rows = [(n, r) for n, r in numbered if r["user_id"].strip() in ids]
-        lane_actual = {d: p for d, p in actual.items() if d in ids}
-        open_chunks = sorted(c.chunk_id for c in lane_chunks if c.chunk_id in unknown)
-        rows_of = {c.chunk_id: set(c.rows or []) for c in lane_chunks}
+    for number, group in enumerate(_groups(chunks)):
+        ids = {d for c in group for d in c.distinct_ids}
+        group_rows = [(n, r) for n, r in numbered if r["user_id"].strip() in ids]
+        group_actual = {d: p for d, p in actual.items() if d in ids}
+        open_chunks = sorted(c.chunk_id for c in group if c.chunk_id in unknown)
+        rows_of = {c.chunk_id: c.global_rows(offsets) for c in group}
         for size in range(len(open_chunks) + 1):
             fits = None
             for skipped in itertools.combinations(open_chunks, size):
                 gone = set().union(*(rows_of[c] for c in skipped)) if skipped else set()
-                kept = [r for n, r in lane_rows if n not in gone]
-                if reference_profiles(expected_items(kept)) == lane_actual:
+                kept = [r for n, r in group_rows if n not in gone]
+                if reference_profiles(expected_items(kept)) == group_actual:
                     fits = skipped
                     break
             if fits is not None:
                 decided.update({c: c not in fits for c in open_chunks})
                 break
         else:
-            expected = reference_profiles(expected_items([r for _, r in lane_rows]))
+            expected = reference_profiles(expected_items([r for _, r in group_rows]))
             raise AssertionError(
-                f"lane {lane}: the emulator's profiles fit no choice of its {len(open_chunks)} "
-                "chunk(s) of unknown fate applied once or not at all:\n"
-                + "\n".join(profile_diff(lane_actual, expected))
+                f"group {number} of chunks: the emulator's profiles fit no choice of its "
+                f"{len(open_chunks)} chunk(s) of unknown fate applied once or not at all:\n"
+                + "\n".join(profile_diff(group_actual, expected))
             )
     return decided

@@ -702,19 +702,13 @@ def _chunks_of(
     settings_: ChunkSettings,
 ) -> tuple[list[Any], pl.DataFrame, pl.DataFrame]:
     """Validate and chunk a frame read in two batches split at ``cut``."""
-    chunker = Chunker(
-        source_index=0,
-        source="random.csv",
-        source_fingerprint="sha256:x",
-        mapping_hash="m",
-        settings=settings_,
-    )
+    chunker = Chunker(import_key="random-import", settings=settings_, sources=["random.csv"])
     chunks, items, rejects = [], [], []
     for batch in (frame.slice(0, cut), frame.slice(cut)):
         result = transformer.apply(batch)
         items.append(result.items)
         rejects.append(result.rejects)
-        chunks += list(chunker.add(result.items))
+        chunks += list(chunker.add(result.items, 0))
     chunks += list(chunker.finish())
     return chunks, pl.concat(items), pl.concat(rejects)
 
@@ -758,20 +752,17 @@ def test_random_mappings_and_frames_keep_every_row_and_profile_order(
     for text in items["item"].to_list():
         check_item_shape(json.loads(text))
     # chunks: limits, ids, completeness, per-profile order
-    # the same chunks (ids and bodies) however the rows were batched; only the order in which
-    # lanes close may differ
-    assert {c.chunk_id: c.body for c in chunks} == {c.chunk_id: c.body for c in whole_chunks}
+    # the same chunks (ids and bodies, in the same order) however the rows were batched
+    assert [(c.chunk_id, c.body) for c in chunks] == [(c.chunk_id, c.body) for c in whole_chunks]
     assert len({c.chunk_id for c in chunks}) == len(chunks)
     sent: dict[str, list[int]] = {}
-    lanes: dict[str, int] = {}
     for chunk in chunks:
         body = json.loads(chunk.body)
         assert 1 <= len(body["batch"]) <= batch_size
         assert len(chunk.body) <= max_bytes
-        assert [i["distinct_id"] for i in body["batch"]] == chunk.distinct_ids
-        for distinct_id, row in zip(chunk.distinct_ids, chunk.rows, strict=True):
+        assert [i["distinct_id"] for i in body["batch"]] == chunk.distinct_ids()
+        for distinct_id, row in zip(chunk.distinct_ids(), chunk.rows(), strict=True):
             sent.setdefault(distinct_id, []).append(row)
-            assert lanes.setdefault(distinct_id, chunk.lane) == chunk.lane
     assert sum(len(v) for v in sent.values()) == items.height
     expected: dict[str, list[int]] = {}
     for distinct_id, row in items.select("distinct_id", ROW).iter_rows():

@@ -177,6 +177,8 @@ def ledger_after_trouble() -> Iterator[tuple[Path, dict[str, Any]]]:
                 server.url,
                 "--max-retries",
                 "0",
+                "--batch-size",
+                "50",  # 60 requests: enough for both faults to meet some
                 "--ledger",
                 ledger,
                 "--rejects",

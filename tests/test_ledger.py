@@ -51,25 +51,25 @@ def make_chunk(
     rows: list[int] | None = None,
     source_index: int = 0,
     source: str = "s0.csv",
-    lane: int = 0,
     seq: int = 0,
     has_add: bool = False,
     chunk_id: str | None = None,
+    sources: tuple[tuple[int, int], ...] | None = None,
 ) -> Chunk:
-    """A chunk whose body is the JSON batch of its distinct_ids."""
+    """A chunk whose body is the JSON batch of its distinct_ids (all of ``source_index`` unless
+    ``sources`` gives its runs of (source, items))."""
     ids = distinct_ids if distinct_ids is not None else ["u1", "u2", "u3"]
     rows = rows if rows is not None else list(range(1, len(ids) + 1))
     op = "$add" if has_add else "$set"
     body = orjson.dumps({"batch": [{"distinct_id": d, "action": {op: {"n": 1}}} for d in ids]})
-    return Chunk(
+    return Chunk.of(
         chunk_id=chunk_id or f"chunk-{next(_ids):04d}",
-        source_index=source_index,
-        source=source,
-        lane=lane,
         seq=seq,
         body=body,
         rows=rows,
         distinct_ids=ids,
+        sources=sources or ((source_index, len(ids)),),
+        source=source,
         has_add=has_add,
     )
 
@@ -131,37 +131,38 @@ def ledger(ledger_path: Path) -> Iterator[Ledger]:
 
 
 def test_in_flight_chunk_round_trips_from_the_ledger_alone(ledger: Ledger) -> None:
-    """A chunk recorded in flight is rebuilt byte for byte, with its rows, ids, lane and $add."""
+    """A chunk recorded in flight is rebuilt byte for byte, with its rows, ids, sources and $add."""
     run = new_run(ledger, sources=2)
     chunk = make_chunk(
         distinct_ids=["a", "b", "a"],
-        rows=[7, 9, 12],
-        source_index=1,
-        source="s1.csv",
-        lane=3,
+        rows=[7, 1, 2],
+        source_index=0,
+        source="s0.csv",
         seq=5,
         has_add=True,
+        sources=((0, 1), (1, 2)),  # it spans both sources
     )
     ledger.record_in_flight(run, chunk)
 
     (loaded,) = ledger.load_chunks(run, {ChunkStatus.IN_FLIGHT})
     assert loaded == chunk
-    assert loaded.body == chunk.body and loaded.source == "s1.csv" and loaded.has_add
+    assert loaded.body == chunk.body and loaded.source == "s0.csv" and loaded.has_add
+    assert loaded.item_sources() == [0, 1, 1] and loaded.rows() == [7, 1, 2]
     assert ledger.chunk_statuses(run) == {chunk.chunk_id: ChunkStatus.IN_FLIGHT}
 
 
 def test_load_chunks_keeps_sending_order_and_filters_by_status(ledger: Ledger) -> None:
-    """Chunks come back in (source, lane, seq) order, only those in the asked states."""
+    """Chunks come back in sending order (their position), only those in the asked states."""
     run = new_run(ledger, sources=2)
-    order = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0), (0, 1, 1)]
-    chunks = [make_chunk(source_index=s, lane=la, seq=q) for s, la, q in order]
+    order = [(1, 4), (0, 1), (0, 3), (0, 0), (1, 5)]
+    chunks = [make_chunk(source_index=s, seq=q) for s, q in order]
     for c in chunks:
         sent(ledger, run, c, FAILED)
-    done = make_chunk(source_index=0, lane=0, seq=2)
+    done = make_chunk(source_index=0, seq=2)
     sent(ledger, run, done, ACCEPTED)
 
     loaded = list(ledger.load_chunks(run, {ChunkStatus.FAILED, ChunkStatus.AMBIGUOUS}))
-    assert [(c.source_index, c.lane, c.seq) for c in loaded] == sorted(order)
+    assert [c.seq for c in loaded] == [0, 1, 3, 4, 5]
     assert list(ledger.load_chunks(run, set())) == []
 
 
@@ -354,29 +355,42 @@ def test_run_ids_are_time_stamped_unique_and_listed_in_creation_order(ledger: Le
 
 
 def test_source_is_imported_only_when_complete_and_all_accepted(ledger: Ledger) -> None:
-    """imported_sources names a source only once fully chunked with every chunk accepted."""
+    """imported_sources names a source only once fully chunked with every chunk carrying its
+    rows accepted, including a chunk it shares with the next source."""
     run = new_run(ledger, sources=3)
-    ok = [make_chunk(source_index=0, seq=i) for i in range(2)]
-    for c in ok:
-        sent(ledger, run, c, ACCEPTED)
-    sent(ledger, run, make_chunk(source_index=1), ACCEPTED)
-    sent(ledger, run, make_chunk(source_index=2), FAILED)
+    sent(ledger, run, make_chunk(source_index=0, seq=0), ACCEPTED)
+    shared = make_chunk(source_index=0, seq=1, distinct_ids=["a", "b"], sources=((0, 1), (1, 1)))
+    sent(ledger, run, shared, ACCEPTED)
+    sent(ledger, run, make_chunk(source_index=1, seq=2), ACCEPTED)
+    sent(ledger, run, make_chunk(source_index=2, seq=3), FAILED)
     fps = ["fp0", "fp1", "fp2", "fp-unknown"]
 
     assert ledger.imported_sources(fps) == {}  # nothing completely chunked yet
-    ledger.set_source_counts(run, 0, rows_read=10, rows_rejected=1, chunks_total=2)
-    ledger.set_source_counts(run, 1, rows_read=10, rows_rejected=0, chunks_total=None)
-    ledger.set_source_counts(run, 2, rows_read=10, rows_rejected=0, chunks_total=1)
+    ledger.set_source_counts(run, 0, rows_read=10, rows_rejected=1, first_chunk=0, last_chunk=1)
+    ledger.set_source_counts(run, 1, rows_read=10, rows_rejected=0, chunked=False)
+    ledger.set_source_counts(run, 2, rows_read=10, rows_rejected=0, first_chunk=3, last_chunk=3)
     assert ledger.imported_sources(fps) == {"fp0": run}
     assert ledger.imported_sources(fps, exclude_run=run) == {}
-    ledger.set_source_counts(run, 0, rows_read=10, rows_rejected=1, chunks_total=3)
-    assert ledger.imported_sources(fps) == {}  # one chunk of it never got recorded
+    ledger.set_source_counts(run, 1, rows_read=10, rows_rejected=0, first_chunk=1, last_chunk=2)
+    assert ledger.imported_sources(fps) == {"fp0": run, "fp1": run}
+    ledger.set_source_counts(run, 0, rows_read=10, rows_rejected=1, first_chunk=0, last_chunk=4)
+    assert ledger.imported_sources(fps) == {"fp1": run}  # a chunk of it never got recorded
+
+
+def test_a_source_sharing_a_failed_chunk_is_not_imported(ledger: Ledger) -> None:
+    """Two sources sharing one chunk: when it fails, neither is imported."""
+    run = new_run(ledger, sources=2)
+    shared = make_chunk(source_index=0, seq=0, distinct_ids=["a", "b"], sources=((0, 1), (1, 1)))
+    sent(ledger, run, shared, FAILED)
+    ledger.set_source_counts(run, 0, rows_read=1, rows_rejected=0, first_chunk=0, last_chunk=0)
+    ledger.set_source_counts(run, 1, rows_read=1, rows_rejected=0, first_chunk=0, last_chunk=0)
+    assert ledger.imported_sources(["fp0", "fp1"]) == {}
 
 
 def test_source_with_no_chunks_counts_as_imported(ledger: Ledger) -> None:
     """A completely read source that yielded no chunk (all rows rejected) is imported."""
     run = new_run(ledger)
-    ledger.set_source_counts(run, 0, rows_read=4, rows_rejected=4, chunks_total=0)
+    ledger.set_source_counts(run, 0, rows_read=4, rows_rejected=4)
     assert ledger.imported_sources(["fp0"]) == {"fp0": run}
 
 
@@ -438,7 +452,7 @@ def test_settings_never_store_a_key(ledger_path: Path) -> None:
 def test_run_report_counts_chunks_items_and_errors(ledger: Ledger) -> None:
     """ledger show's report has per-status chunk counts, totals and is JSON-serialisable."""
     run = new_run(ledger)
-    a, b = make_chunk(), make_chunk(distinct_ids=["x", "y"])
+    a, b = make_chunk(seq=0), make_chunk(distinct_ids=["x", "y"], seq=1)
     with_errors = ChunkOutcome(
         status=ChunkStatus.ACCEPTED,
         attempts=1,
@@ -447,7 +461,7 @@ def test_run_report_counts_chunks_items_and_errors(ledger: Ledger) -> None:
     )
     sent(ledger, run, a, with_errors)
     sent(ledger, run, b, FAILED)
-    ledger.set_source_counts(run, 0, rows_read=6, rows_rejected=1, chunks_total=2)
+    ledger.set_source_counts(run, 0, rows_read=6, rows_rejected=1, first_chunk=0, last_chunk=1)
 
     report = ledger.run_report(run)
     json.dumps(report)
@@ -756,8 +770,8 @@ HOLDER = textwrap.dedent(
     run = led.create_run(source_key="k", mapping_hash="m", chunk_key="c", shard=None,
         settings={}, base_url="http://127.0.0.1:9", workspace="W", api_version="live",
         sources=[("s.csv", "fp")])
-    led.record_in_flight(run, Chunk(chunk_id="c1", source_index=0, source="s.csv", lane=0,
-        seq=0, body=b'{"batch":[]}', rows=[1], distinct_ids=["u"], has_add=True))
+    led.record_in_flight(run, Chunk.of(chunk_id="c1", seq=0, body=b'{"batch":[]}',
+        rows=[1], distinct_ids=["u"], source="s.csv", has_add=True))
     print(run, flush=True)
     time.sleep(60)
     """
@@ -955,7 +969,7 @@ def test_full_database_raises_ledger_write_error_and_recovers(ledger: Ledger) ->
         ledger.record_in_flight(run, big)
     message = str(info.value)
     assert str(ledger.path) in message and "full" in message
-    assert big.distinct_ids[0] not in message
+    assert big.distinct_ids()[0] not in message
     assert big.chunk_id not in ledger.chunk_statuses(run)  # nothing half-written
 
     ledger._conn.execute("PRAGMA max_page_count = 1073741823")
@@ -995,7 +1009,7 @@ def test_any_body_and_ids_round_trip_exactly(ledger: Ledger) -> None:
         body=st.binary(max_size=5000),
         ids=st.lists(st.text(max_size=40), min_size=1, max_size=60),
         first_row=st.integers(min_value=1, max_value=2**53),
-        lane=st.integers(min_value=0, max_value=63),
+        seq=st.integers(min_value=0, max_value=2**40),
         has_add=st.booleans(),
         source_index=st.sampled_from([0, 1]),
     )
@@ -1003,22 +1017,21 @@ def test_any_body_and_ids_round_trip_exactly(ledger: Ledger) -> None:
         body=b"\x00\n\r\xff",
         ids=["nul\x00inside", "line\nbreak", "crlf\r\n", "😀", "", " padded "],
         first_row=1,
-        lane=0,
+        seq=0,
         has_add=True,
         source_index=0,
     )
     def check(
-        body: bytes, ids: list[str], first_row: int, lane: int, has_add: bool, source_index: int
+        body: bytes, ids: list[str], first_row: int, seq: int, has_add: bool, source_index: int
     ) -> None:
-        chunk = Chunk(
+        chunk = Chunk.of(
             chunk_id=f"h-{next(_ids)}",
-            source_index=source_index,
-            source=f"s{source_index}.csv",
-            lane=lane,
-            seq=0,
+            seq=seq,
             body=body,
             rows=[first_row + i for i in range(len(ids))],
             distinct_ids=ids,
+            sources=((source_index, len(ids)),),
+            source=f"s{source_index}.csv",
             has_add=has_add,
         )
         ledger.record_in_flight(run, chunk)

@@ -97,21 +97,24 @@ class Recorder:
         self.events.append(("waiting", chunk.chunk_id))
 
 
-def make_chunk(n: int, *, lane: int | None = None, seq: int = 0, has_add: bool = False) -> Chunk:
-    """A two-item chunk whose distinct_ids name it, so a handler can tell chunks apart."""
-    ids = [f"c{n}-a", f"c{n}-b"]
+def make_chunk(n: int, *, group: int | None = None, has_add: bool = False) -> Chunk:
+    """A two-item chunk whose first distinct_id names it, so a handler can tell chunks apart.
+
+    Chunks of one ``group`` share a profile (``shared-G``): the sender must send them one after
+    the other, in order; chunks without a group share none.
+    """
+    shared = [f"c{n}-G{group}-0", f"shared-{group}"]
+    ids = [f"c{n}-a", f"c{n}-b"] if group is None else shared
     op = "$add" if has_add else "$set"
-    items = [{"distinct_id": i, "action": {op: {"logins": 1}}} for i in ids]
+    items = [{"distinct_id": i, "action": {op: {"logins": 1, "k": n}}} for i in ids]
     body = json.dumps({"batch": items}, separators=(",", ":")).encode()
-    return Chunk(
+    return Chunk.of(
         chunk_id=f"c{n}",
-        source_index=0,
-        source="users.csv",
-        lane=n if lane is None else lane,
-        seq=seq,
+        seq=n,
         body=body,
         rows=[2 * n + 1, 2 * n + 2],
         distinct_ids=ids,
+        source="users.csv",
         has_add=has_add,
     )
 
@@ -122,8 +125,8 @@ def chunk_id_of(request: httpx.Request) -> str:
     return first.split("-")[0]
 
 
-def lane_of(request: httpx.Request) -> int:
-    """The lane of a request built by ``lane_chunks``."""
+def group_of(request: httpx.Request) -> int:
+    """The group of a request built by ``make_chunk(n, group=G)``."""
     return int(json.loads(request.content)["batch"][0]["distinct_id"].split("-")[1][1:])
 
 
@@ -460,7 +463,7 @@ def test_401_raises_auth_error_after_at_most_concurrency_requests() -> None:
 def test_403_also_stops_the_run() -> None:
     """A 403 (workspace not allowed) is an authentication failure too."""
     with pytest.raises(AuthError, match=r"HTTP 403"):
-        run_virtual(lambda: send(answers(403), [make_chunk(n, lane=0, seq=n) for n in range(3)]))
+        run_virtual(lambda: send(answers(403), [make_chunk(n, group=0) for n in range(3)]))
 
 
 def test_ledger_write_error_stops_sending_and_is_raised() -> None:
@@ -490,7 +493,7 @@ def test_failing_record_outcome_stops_the_run() -> None:
             raise LedgerWriteError("database is locked")
 
     recorder = BrokenOutcomes()
-    chunks = [make_chunk(n, lane=0, seq=n) for n in range(5)]
+    chunks = [make_chunk(n, group=0) for n in range(5)]
     with pytest.raises(LedgerWriteError, match="locked"):
         run_virtual(lambda: send(answers(), chunks, recorder=recorder))
     assert recorder.in_flight == ["c0"]
@@ -579,40 +582,25 @@ def test_cancelling_send_all_leaves_in_flight_chunks_unrecorded() -> None:
 # -- order, concurrency and memory -------------------------------------------------------------
 
 
-def lane_chunks(lanes: int, per_lane: int, rng: random.Random) -> list[Chunk]:
-    """Chunks of several lanes, randomly interleaved, each lane's in sequence."""
-    remaining = {lane: list(range(per_lane)) for lane in range(lanes)}
+def group_chunks(groups: int, per_group: int, rng: random.Random) -> list[Chunk]:
+    """Chunks of several groups (each group sharing one profile), randomly interleaved."""
+    remaining = {g: per_group for g in range(groups)}
     out: list[Chunk] = []
-    n = 0
     while remaining:
-        lane = rng.choice(sorted(remaining))
-        seq = remaining[lane].pop(0)
-        if not remaining[lane]:
-            del remaining[lane]
-        chunk = make_chunk(n, lane=lane, seq=seq)
-        ids = [f"c{n}-L{lane}-{k}" for k in range(2)]
-        items = [{"distinct_id": i, "action": {"$set": {"seq": seq}}} for i in ids]
-        out.append(
-            Chunk(
-                chunk_id=chunk.chunk_id,
-                source_index=0,
-                source="users.csv",
-                lane=lane,
-                seq=seq,
-                body=json.dumps({"batch": items}).encode(),
-                rows=chunk.rows,
-                distinct_ids=ids,
-            )
-        )
-        n += 1
+        group = rng.choice(sorted(remaining))
+        remaining[group] -= 1
+        if not remaining[group]:
+            del remaining[group]
+        out.append(make_chunk(len(out), group=group))
     return out
 
 
-def test_lanes_keep_their_order_with_one_chunk_in_flight_each() -> None:
-    """With random latencies and retries, a lane's next chunk starts only after the last ended."""
+def test_chunks_sharing_a_profile_go_one_after_the_other_in_order() -> None:
+    """With random latencies and retries, a chunk holding a profile starts only after every
+    earlier chunk holding it has its final outcome; chunks of other profiles go meanwhile."""
     rng = random.Random(3)
-    chunks = lane_chunks(lanes=6, per_lane=15, rng=rng)
-    seq_of = {c.chunk_id: (c.lane, c.seq) for c in chunks}
+    chunks = group_chunks(groups=6, per_group=15, rng=rng)
+    seq_of = {c.chunk_id: (int(c.distinct_ids()[1].split("-")[1]), c.seq) for c in chunks}
     busy: dict[int, int] = {}
     in_flight = 0
     peak = 0
@@ -622,13 +610,14 @@ def test_lanes_keep_their_order_with_one_chunk_in_flight_each() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         nonlocal in_flight, peak
         chunk_id = chunk_id_of(request)
-        lane, seq = seq_of[chunk_id]
-        if busy.get(lane):
-            problems.append(f"lane {lane}: {chunk_id} started beside another request")
-        done = sorted(seq_of[c][1] for c in recorder.outcomes if seq_of[c][0] == lane)
-        if done != list(range(seq)):
-            problems.append(f"lane {lane}: seq {seq} started when {done} had final outcomes")
-        busy[lane] = busy.get(lane, 0) + 1
+        group, seq = seq_of[chunk_id]
+        if busy.get(group):
+            problems.append(f"group {group}: {chunk_id} started beside another request")
+        earlier = sorted(s for g, s in seq_of.values() if g == group and s < seq)
+        done = sorted(seq_of[c][1] for c in recorder.outcomes if seq_of[c][0] == group)
+        if done != earlier:
+            problems.append(f"group {group}: {seq} started when only {done} had final outcomes")
+        busy[group] = busy.get(group, 0) + 1
         in_flight += 1
         peak = max(peak, in_flight)
         try:
@@ -638,7 +627,7 @@ def test_lanes_keep_their_order_with_one_chunk_in_flight_each() -> None:
             return accepted(request)
         finally:
             in_flight -= 1
-            busy[lane] -= 1
+            busy[group] -= 1
 
     async def no_wait(seconds: float) -> None:
         await asyncio.sleep(0)
@@ -658,15 +647,16 @@ def test_lanes_keep_their_order_with_one_chunk_in_flight_each() -> None:
     assert problems == []
     assert stats.chunks_accepted == 90
     assert 1 < peak <= 4
-    # Each lane's outcomes were recorded in its sequence, and a chunk of a lane was recorded
-    # in flight only after the previous one had its outcome.
-    for lane in range(6):
-        lane_events = [(kind, seq_of[c][1]) for kind, c in recorder.events if seq_of[c][0] == lane]
-        assert lane_events == [(k, s) for s in range(15) for k in ("in_flight", "accepted")]
+    # Each group's outcomes were recorded in its order, and a chunk of a group was recorded in
+    # flight only after the previous one had its outcome.
+    for group in range(6):
+        seqs = sorted(s for g, s in seq_of.values() if g == group)
+        events = [(kind, seq_of[c][1]) for kind, c in recorder.events if seq_of[c][0] == group]
+        assert events == [(k, s) for s in seqs for k in ("in_flight", "accepted")]
 
 
 def test_requests_in_flight_never_exceed_concurrency() -> None:
-    """Across many lanes, no more than `concurrency` requests are ever in flight."""
+    """Across many profiles, no more than `concurrency` requests are ever in flight."""
     in_flight = 0
     peak = 0
     rng = random.Random(5)
@@ -679,7 +669,7 @@ def test_requests_in_flight_never_exceed_concurrency() -> None:
         in_flight -= 1
         return accepted(request) if rng.random() < 0.8 else httpx.Response(500)
 
-    chunks = lane_chunks(lanes=40, per_lane=5, rng=rng)
+    chunks = group_chunks(groups=40, per_group=5, rng=rng)
     run = run_virtual(lambda: send(handler, chunks, concurrency=3, max_retries=30))
     assert peak == 3
     assert run.stats.chunks_accepted == 200
@@ -697,7 +687,7 @@ def test_a_huge_source_is_not_read_far_ahead_of_sending() -> None:
         for n in range(10**9):
             most_held = max(most_held, pulled - len(recorder.outcomes))
             pulled += 1
-            yield make_chunk(n, lane=n % 16, seq=n // 16)
+            yield make_chunk(n, group=n % 16)
 
     rng = random.Random(9)
 
@@ -771,7 +761,7 @@ def test_configured_rate_limit_is_never_exceeded() -> None:
         await asyncio.sleep(0.005)
         return accepted(request) if rng.random() < 0.9 else httpx.Response(503)
 
-    chunks = [make_chunk(n, lane=n % 32, seq=n // 32) for n in range(200)]
+    chunks = [make_chunk(n, group=n % 32) for n in range(200)]
     run = run_virtual(
         lambda: send(handler, chunks, concurrency=8, rate_limit=10.0, backoff_base=0.01)
     )
@@ -791,7 +781,7 @@ class TokenBucketServer:
     rng: random.Random
     tokens: float = 0.0
     updated: float = 0.0
-    log: list[tuple[float, int, int]] = field(default_factory=list)  # time, lane, status
+    log: list[tuple[float, int, int]] = field(default_factory=list)  # time, group, status
 
     def __post_init__(self) -> None:
         self.tokens = self.rate
@@ -803,31 +793,23 @@ class TokenBucketServer:
         granted = self.tokens >= 1
         if granted:
             self.tokens -= 1
-        self.log.append((now, lane_of(request), 202 if granted else 429))
+        self.log.append((now, group_of(request), 202 if granted else 429))
         await asyncio.sleep(self.rng.uniform(*self.latency))
         if granted:
             return accepted(request)
         return httpx.Response(429, headers={"Retry-After": "1"}, json={"_message": "slow down"})
 
 
-def endless_lanes(lanes: int) -> AsyncIterator[Chunk]:
-    """An endless source of chunks spread round-robin over lanes."""
+def endless_chunks(groups: int) -> AsyncIterator[Chunk]:
+    """An endless source of one-item chunks of distinct profiles, labelled round-robin by group."""
 
     async def gen() -> AsyncIterator[Chunk]:
         n = 0
         while True:
-            lane = n % lanes
-            ids = [f"c{n}-L{lane}-0"]
+            ids = [f"c{n}-G{n % groups}-0"]
             body = json.dumps({"batch": [{"distinct_id": ids[0], "action": {"$set": {"a": 1}}}]})
-            yield Chunk(
-                chunk_id=f"c{n}",
-                source_index=0,
-                source="users.csv",
-                lane=lane,
-                seq=n // lanes,
-                body=body.encode(),
-                rows=[n + 1],
-                distinct_ids=ids,
+            yield Chunk.of(
+                chunk_id=f"c{n}", seq=n, body=body.encode(), rows=[n + 1], distinct_ids=ids
             )
             n += 1
 
@@ -846,7 +828,7 @@ def test_sender_adapts_to_a_server_rate_limit(
         loop = asyncio.get_running_loop()
         return await send(
             server,
-            endless_lanes(64),
+            endless_chunks(64),
             concurrency=8,
             on_sender=lambda s: loop.call_at(end, s.stop),
         )
@@ -866,8 +848,8 @@ def test_sender_adapts_to_a_server_rate_limit(
     assert run.stats.chunks_accepted >= 0.9 * rate * (end - warm_up)
 
 
-def test_a_429_on_one_lane_slows_every_lane_without_a_pause() -> None:
-    """One lane's 429 lowers the shared start rate for all lanes; the others keep sending."""
+def test_a_429_for_one_request_slows_every_sender_without_a_pause() -> None:
+    """One request's 429 lowers the shared start rate for all requests; the others keep going."""
     limited_at: list[float] = []
     rate_after: list[float | None] = []
     starts: list[tuple[float, int]] = []
@@ -875,12 +857,12 @@ def test_a_429_on_one_lane_slows_every_lane_without_a_pause() -> None:
 
     async def handler(request: httpx.Request) -> httpx.Response:
         loop = asyncio.get_running_loop()
-        lane = lane_of(request)
-        starts.append((loop.time(), lane))
+        group = group_of(request)
+        starts.append((loop.time(), group))
         if limited_at and not rate_after:  # the first start after the 429 was answered
             rate_after.append(senders[0].rate)
         await asyncio.sleep(0.01)
-        if lane == 0 and loop.time() >= 1.0 and not limited_at:
+        if group == 0 and loop.time() >= 1.0 and not limited_at:
             limited_at.append(loop.time())
             return httpx.Response(429, headers={"Retry-After": "1"})
         return accepted(request)
@@ -893,16 +875,16 @@ def test_a_429_on_one_lane_slows_every_lane_without_a_pause() -> None:
             senders.append(sender)
             loop.call_at(3.0, sender.stop)
 
-        return await send(handler, endless_lanes(64), concurrency=4, on_sender=watch)
+        return await send(handler, endless_chunks(64), concurrency=4, on_sender=watch)
 
     run_virtual(main)
     assert rate_after and rate_after[0] is not None  # the shared limiter switched on
     limit = rate_after[0]
     t429 = limited_at[0]
     before = [t for t, _ in starts if t429 - 1.0 <= t < t429]
-    after = [t for t, lane in starts if t429 < t <= t429 + 1.0 and lane != 0]
+    after = [t for t, group in starts if t429 < t <= t429 + 1.0 and group != 0]
     assert len(before) > limit  # the unthrottled rate was higher than the new limit
-    assert 0.8 * limit <= len(after) <= limit + 1  # other lanes slowed down, but kept going
+    assert 0.8 * limit <= len(after) <= limit + 1  # the others slowed down, but kept going
     gaps = [b - a for a, b in itertools.pairwise(after)]
     assert min(gaps) >= 1 / limit - 1e-9
 
@@ -930,7 +912,7 @@ def test_rate_recovers_after_a_lone_429(limit: float) -> None:
 
         # Two in flight, 50 ms each: the server takes 40 requests/s.
         return await send(
-            handler, endless_lanes(64), concurrency=2, rate_limit=limit, on_sender=watch
+            handler, endless_chunks(64), concurrency=2, rate_limit=limit, on_sender=watch
         )
 
     run_virtual(main)

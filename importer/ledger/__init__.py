@@ -36,7 +36,7 @@ when the process ends, however it ends. Readers (``ledger show``/``export``) tak
 tell a live run from one killed while ``running``, they may probe it with a shared lock held for
 an instant, which a starting run waits out instead of failing (see ``lock.py``).
 
-Tables (schema version 1), for querying with ``sqlite3``
+Tables (schema version 2), for querying with ``sqlite3``
 --------------------------------------------------------
 Timestamps are UTC ISO 8601 text with microseconds (``2026-11-29T23:45:00.123456Z``), so they
 sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compressed.
@@ -48,7 +48,7 @@ sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compres
                   running here; ``ledger show`` reads it as interrupted once its lock is gone)
     source_key    hash of the ordered source fingerprints and the shard: finds the run to resume
     mapping_hash  hash of the mapping (without ``settings:``)
-    chunk_key     hash of the chunk settings (batch size, max batch bytes, shard, lane count)
+    chunk_key     hash of the chunk settings (batch size, max batch bytes, shard, cutting rule)
     shard         ``K/N`` or NULL
     settings      JSON: every run option (never the API key)
     base_url, workspace, api_version   where the chunks were sent; ``retry`` sends there again
@@ -59,12 +59,19 @@ sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compres
     source        the source as the user named it (path or URL)
     fingerprint   hash of its content (local) or ETag and size (remote)
     rows_read, rows_rejected
-    chunks_total  NULL until the source was completely read and chunked
+    chunks_total  NULL until the source was completely read and chunked; then how many chunks
+                  carry its rows
+    first_chunk, last_chunk   the positions (``chunks.seq``) of the chunks holding its first and
+                  last item, NULL without items; it is imported once every chunk between them
+                  was accepted (a chunk may carry rows of the sources beside it)
     status        pending | chunked | skipped (already imported by another run)
 
 ``chunks`` — one row per chunk that was ever sent, primary key (run_id, chunk_id)
-    source_idx, lane, seq        where the chunk comes from (``run_sources.idx``)
-    first_row, last_row, items, bytes   its rows (1-based data records), item count, body size
+    seq           its position among the run's chunks, from 0: the order they are sent in
+    source_idx, last_source   the sources (``run_sources.idx``) of its first and last item
+    lane          always 0 in schema 2 (schema 1 cut the chunks per source and per lane)
+    first_row, last_row   the source rows (1-based data records) of its first and last item
+    items, bytes  item count, body size
     has_add       1 when it carries ``$add`` (never resent blindly)
     status        pending | in_flight | accepted | failed | refused | ambiguous | abandoned
     attempts      requests sent for it, over all tries
@@ -72,12 +79,15 @@ sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compres
     body          zlib: the exact request body; NULL once accepted
     rows_z        zlib: JSON array, the source row of each item in body order; NULL once accepted
     ids_z         zlib: JSON array, the distinct_id of each item in body order; kept
+    sources_z     zlib: JSON array of [source_idx, items] runs in body order, when the chunk
+                  spans sources; NULL when every item is from source_idx
     sent_at       when its request was last recorded as in flight
     updated_at
 
 ``item_errors`` — per-operator statuses other than "ok" in a 202 answer
-    run_id, chunk_id, item_index (position in the body), source_row, distinct_id, operator
-    (``$add``, …), status (what the API said instead of "ok")
+    run_id, chunk_id, item_index (position in the body), source_idx and source_row (the
+    item's own source and row), distinct_id, operator (``$add``, …), status (what the API said
+    instead of "ok")
 
 For example, the rows of failed chunks:
 ``SELECT chunk_id, first_row, last_row, http_status, error FROM chunks WHERE status='failed'``.

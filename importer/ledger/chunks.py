@@ -24,9 +24,9 @@ _ACCEPTED: Final = ChunkStatus.ACCEPTED.value
 _AMBIGUOUS: Final = ChunkStatus.AMBIGUOUS.value
 
 _IN_FLIGHT_SQL: Final = (
-    "INSERT INTO chunks (run_id, chunk_id, source_idx, lane, seq, first_row, last_row, items,"
-    " bytes, has_add, status, body, rows_z, ids_z, sent_at, updated_at)"
-    f" VALUES (?,?,?,?,?,?,?,?,?,?,'{_IN_FLIGHT}',?,?,?,?,?)"
+    "INSERT INTO chunks (run_id, chunk_id, source_idx, last_source, lane, seq, first_row,"
+    " last_row, items, bytes, has_add, status, body, rows_z, ids_z, sources_z, sent_at,"
+    f" updated_at) VALUES (?,?,?,?,0,?,?,?,?,?,?,'{_IN_FLIGHT}',?,?,?,?,?,?)"
     f" ON CONFLICT (run_id, chunk_id) DO UPDATE SET status = '{_IN_FLIGHT}',"
     " body = excluded.body, rows_z = excluded.rows_z, ids_z = excluded.ids_z,"
     " sent_at = excluded.sent_at, updated_at = excluded.updated_at"
@@ -39,8 +39,8 @@ _OUTCOME_SQL: Final = (
     " WHERE run_id = ?7 AND chunk_id = ?8"
 )
 _ITEM_ERROR_SQL: Final = (
-    "INSERT OR REPLACE INTO item_errors (run_id, chunk_id, item_index,"
-    " source_row, distinct_id, operator, status) VALUES (?,?,?,?,?,?,?)"
+    "INSERT OR REPLACE INTO item_errors (run_id, chunk_id, item_index, source_idx,"
+    " source_row, distinct_id, operator, status) VALUES (?,?,?,?,?,?,?,?)"
 )
 # An in-flight chunk found after a crash becomes ambiguous, counted as one attempt.
 _AMBIGUOUS_SQL: Final = (
@@ -53,45 +53,54 @@ def pack_chunk(chunk: Chunk) -> PackedChunk:
     """Compress a chunk for the ledger; pure, so a reader thread can do it off the event loop."""
     return PackedChunk(
         body_z=compress(chunk.body),
-        rows_z=compress(orjson.dumps(chunk.rows)),
-        ids_z=compress(orjson.dumps(chunk.distinct_ids)),
+        rows_z=compress(chunk.rows_json),
+        ids_z=compress(chunk.ids_json),
     )
 
 
 def _chunk_params(
     run_id: str, chunk: Chunk, now: str, packed: PackedChunk | None
 ) -> tuple[Any, ...]:
-    rows = chunk.rows
     packed = packed or pack_chunk(chunk)
+    # a chunk of one source (the usual) needs no map of its items' sources
+    sources_z = compress(orjson.dumps(chunk.sources)) if len(chunk.sources) > 1 else None
     return (
         run_id,
         chunk.chunk_id,
-        chunk.source_index,
-        chunk.lane,
+        chunk.first_source,
+        chunk.last_source,
         chunk.seq,
-        min(rows) if rows else 0,
-        max(rows) if rows else 0,
-        len(rows),
+        chunk.first_row,
+        chunk.last_row,
+        chunk.items,
         len(chunk.body),
         int(chunk.has_add),
         packed.body_z,
         packed.rows_z,
         packed.ids_z,
+        sources_z,
         now,
         now,
     )
 
 
 def _item_errors(run_id: str, chunk: Chunk, outcome: ChunkOutcome) -> list[tuple[Any, ...]]:
-    """item_errors rows of an outcome, each with its item's source row and distinct_id."""
-    rows, ids = chunk.rows, chunk.distinct_ids
+    """item_errors rows of an outcome, each with its item's source, row and distinct_id."""
+    if not outcome.item_errors:
+        return []
+    rows, ids, sources = chunk.rows(), chunk.distinct_ids(), chunk.item_sources()
+
+    def at(values: list[Any], index: int) -> Any:
+        return values[index] if 0 <= index < len(values) else None
+
     return [
         (
             run_id,
             chunk.chunk_id,
             e.index,
-            rows[e.index] if 0 <= e.index < len(rows) else None,
-            ids[e.index] if 0 <= e.index < len(ids) else None,
+            at(sources, e.index),
+            at(rows, e.index),
+            at(ids, e.index),
             e.operator,
             e.status,
         )
@@ -223,30 +232,36 @@ class ChunksMixin(Store):
     def _load_chunk(self, run_id: str, chunk_id: str) -> Chunk | None:
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT c.source_idx, s.source, c.lane, c.seq, c.body, c.rows_z, c.ids_z,"
-                " c.has_add, c.status FROM chunks c LEFT JOIN run_sources s"
-                " ON s.run_id = c.run_id AND s.idx = c.source_idx"
+                "SELECT c.source_idx, s.source, c.seq, c.items, c.first_row, c.last_row, c.body,"
+                " c.rows_z, c.ids_z, c.sources_z, c.has_add, c.status FROM chunks c"
+                " LEFT JOIN run_sources s ON s.run_id = c.run_id AND s.idx = c.source_idx"
                 " WHERE c.run_id = ? AND c.chunk_id = ?",
                 (run_id, chunk_id),
             ).fetchone()
         if row is None:
             return None
-        source_idx, source, lane, seq, body, rows_z, ids_z, has_add, status = row
+        source_idx, source, seq, items, first_row, last_row, body, rows_z, ids_z = row[:9]
+        sources_z, has_add, status = row[9:]
         if body is None or rows_z is None:
             raise LedgerError(
                 f"chunk {chunk_id} of run {run_id} is {status}: its body was dropped "
                 "and it cannot be rebuilt"
             )
+        ids_json = zlib.decompress(ids_z)
+        runs = decode_z(sources_z) if sources_z is not None else [(source_idx, items)]
         return Chunk(
             chunk_id=chunk_id,
-            source_index=source_idx,
-            source=source or "",
-            lane=lane,
             seq=seq,
             body=zlib.decompress(body),
-            rows=decode_z(rows_z),
-            distinct_ids=decode_z(ids_z),
+            items=items,
+            rows_json=zlib.decompress(rows_z),
+            ids_json=ids_json,
+            sources=tuple((int(index), int(count)) for index, count in runs),
+            source=source or "",
+            first_row=first_row,
+            last_row=last_row,
             has_add=bool(has_add),
+            id_keys=frozenset(hash(i) for i in orjson.loads(ids_json)),
         )
 
     def resolve(self, run_id: str, chunk_id: str, as_status: ChunkStatus) -> None:

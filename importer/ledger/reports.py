@@ -13,7 +13,7 @@ from typing import IO, Any, Final, cast
 
 from importer.errors import LedgerError
 from importer.files import open_private
-from importer.ledger.runs import RunsMixin
+from importer.ledger.runs import RunsMixin, SourceInfo
 from importer.ledger.store import decode_z, sql_list
 from importer.model import ChunkStatus
 
@@ -91,7 +91,7 @@ class ReportsMixin(RunsMixin):
                     "rows_read": s.rows_read,
                     "rows_rejected": s.rows_rejected,
                     "chunks_total": s.chunks_total,
-                    "chunks_accepted": per_source.get(s.idx, {}).get(ChunkStatus.ACCEPTED, 0),
+                    "chunks_accepted": self._source_accepted(run_id, s, per_source),
                 }
                 for s in run.sources
             ],
@@ -104,6 +104,20 @@ class ReportsMixin(RunsMixin):
             "item_errors": item_errors,
         }
 
+    def _source_accepted(
+        self, run_id: str, source: SourceInfo, by_first_source: dict[int, dict[str, int]]
+    ) -> int:
+        """Accepted chunks carrying the source's rows (schema 2: its range of positions)."""
+        if source.first_chunk is None or source.last_chunk is None:
+            return by_first_source.get(source.idx, {}).get(ChunkStatus.ACCEPTED, 0)
+        with self._reading() as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM chunks WHERE run_id = ? AND seq BETWEEN ? AND ?"
+                " AND status = ?",
+                (run_id, source.first_chunk, source.last_chunk, ChunkStatus.ACCEPTED.value),
+            ).fetchone()
+        return int(count)
+
     def export_failures(self, path: Path, run_id: str | None = None) -> int:
         """Write the CSV of failed, refused and ambiguous items and item errors (0600); lines."""
         path = Path(path)
@@ -114,7 +128,7 @@ class ReportsMixin(RunsMixin):
             keys = conn.execute(
                 "SELECT c.run_id, c.chunk_id FROM chunks c JOIN runs r USING (run_id)"
                 f" WHERE c.status IN {_FAILURES}{where}"
-                " ORDER BY r.created_at, c.run_id, c.source_idx, c.first_row, c.chunk_id",
+                " ORDER BY r.created_at, c.run_id, c.source_idx, c.seq, c.first_row, c.chunk_id",
                 params,
             ).fetchall()
         try:
@@ -130,23 +144,25 @@ class ReportsMixin(RunsMixin):
         return lines
 
     def _write_chunk_items(self, out: Any, run_id: str, chunk_id: str) -> int:
-        """One line per item of a failed chunk; how many."""
+        """One line per item of a failed chunk, naming the item's own source; how many."""
         # One chunk at a time, so a big export holds one chunk's rows in memory, not all.
         with self._reading() as conn:
-            source, status, http_status, error, rows_z, ids_z = conn.execute(
-                "SELECT s.source, c.status, c.http_status, c.error, c.rows_z, c.ids_z"
-                " FROM chunks c LEFT JOIN run_sources s"
-                " ON s.run_id = c.run_id AND s.idx = c.source_idx"
-                " WHERE c.run_id = ? AND c.chunk_id = ?",
+            source_idx, items, status, http_status, error, rows_z, ids_z, sources_z = conn.execute(
+                "SELECT source_idx, items, status, http_status, error, rows_z, ids_z, sources_z"
+                " FROM chunks WHERE run_id = ? AND chunk_id = ?",
                 (run_id, chunk_id),
             ).fetchone()
+            names = dict(
+                conn.execute("SELECT idx, source FROM run_sources WHERE run_id = ?", (run_id,))
+            )
         rows = decode_z(rows_z) if rows_z is not None else []
         ids = decode_z(ids_z) if ids_z is not None else []
-        head = (run_id, chunk_id, source)
+        runs = decode_z(sources_z) if sources_z is not None else [(source_idx, items)]
+        sources = [names.get(index) for index, count in runs for _ in range(count)]
         tail = (status, _blank(http_status), error or "")
-        pairs = list(zip(rows, ids, strict=False))  # both in body order, one per item
-        out.writerows((*head, row, distinct_id, *tail) for row, distinct_id in pairs)
-        return len(pairs)
+        lines = list(zip(sources, rows, ids, strict=False))  # all in body order, one per item
+        out.writerows((run_id, chunk_id, *line, *tail) for line in lines)
+        return len(lines)
 
 
 def _write_item_errors(out: Any, conn: sqlite3.Connection, run_id: str | None) -> int:
@@ -158,7 +174,8 @@ def _write_item_errors(out: Any, conn: sqlite3.Connection, run_id: str | None) -
         " c.http_status, e.operator, e.status FROM item_errors e"
         " JOIN chunks c ON c.run_id = e.run_id AND c.chunk_id = e.chunk_id"
         " JOIN runs r ON r.run_id = e.run_id"
-        " LEFT JOIN run_sources s ON s.run_id = c.run_id AND s.idx = c.source_idx"
+        " LEFT JOIN run_sources s ON s.run_id = c.run_id"
+        "  AND s.idx = coalesce(e.source_idx, c.source_idx)"
         f" WHERE 1{where}"
         " ORDER BY r.created_at, e.run_id, c.source_idx, e.source_row, e.item_index",
         params,

@@ -26,8 +26,21 @@ _RUN_COLUMNS: Final = (
     "run_id, created_at, updated_at, finished_at, status, source_key, mapping_hash, chunk_key,"
     " shard, settings, base_url, workspace, api_version, summary"
 )
+# A run_sources row `s` whose chunks were all accepted: schema 2 knows the range of chunk
+# positions carrying its rows; a schema-1 row counts the chunks of its own source index.
+_ALL_ACCEPTED: Final = (
+    "(CASE WHEN s.first_chunk IS NOT NULL THEN"
+    " (SELECT count(*) FROM chunks c WHERE c.run_id = s.run_id"
+    f"   AND c.seq BETWEEN s.first_chunk AND s.last_chunk AND c.status = '{_ACCEPTED}')"
+    " = s.last_chunk - s.first_chunk + 1"
+    " ELSE s.chunks_total = (SELECT count(*) FROM chunks c WHERE c.run_id = s.run_id"
+    f"   AND c.source_idx = s.idx AND c.status = '{_ACCEPTED}')"
+    " AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.run_id = s.run_id"
+    f"   AND c.source_idx = s.idx AND c.status != '{_ACCEPTED}') END)"
+)
 _SOURCE_COLUMNS: Final = (
-    "run_id, idx, source, fingerprint, rows_read, rows_rejected, chunks_total, status"
+    "run_id, idx, source, fingerprint, rows_read, rows_rejected, chunks_total, status,"
+    " first_chunk, last_chunk"
 )
 
 
@@ -42,6 +55,9 @@ class SourceInfo:
     rows_rejected: int
     chunks_total: int | None  # None until the source was completely read and chunked
     status: SourceStatus
+    # positions of the chunks holding its first and last item (schema 2; None without items)
+    first_chunk: int | None = None
+    last_chunk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +86,7 @@ class RunInfo:
 
 def _source_info(row: tuple[Any, ...]) -> SourceInfo:
     """A run_sources row (in ``_SOURCE_COLUMNS`` order) as a SourceInfo."""
-    _, idx, source, fingerprint, rows_read, rows_rejected, chunks_total, status = row
+    _, idx, source, fingerprint, rows_read, rows_rejected, chunks_total, status = row[:8]
     return SourceInfo(
         idx=idx,
         source=source,
@@ -79,6 +95,8 @@ def _source_info(row: tuple[Any, ...]) -> SourceInfo:
         rows_rejected=rows_rejected,
         chunks_total=chunks_total,
         status=SourceStatus(status),
+        first_chunk=row[8],
+        last_chunk=row[9],
     )
 
 
@@ -197,7 +215,8 @@ class RunsMixin(Store):
     def imported_sources(
         self, fingerprints: list[str], *, exclude_run: str | None = None
     ) -> dict[str, str]:
-        """Fingerprint → latest run that chunked that source completely and had all accepted."""
+        """Fingerprint → latest run that chunked that source completely and had every chunk
+        carrying its rows accepted (a chunk may carry rows of the sources beside it)."""
         if not fingerprints:
             return {}
         marks = ",".join("?" * len(fingerprints))
@@ -205,12 +224,7 @@ class RunsMixin(Store):
             rows = conn.execute(
                 "SELECT s.fingerprint, s.run_id FROM run_sources s JOIN runs r USING (run_id)"
                 f" WHERE s.fingerprint IN ({marks}) AND s.chunks_total IS NOT NULL"
-                " AND s.run_id IS NOT ?"
-                " AND s.chunks_total = (SELECT count(*) FROM chunks c WHERE c.run_id = s.run_id"
-                f"   AND c.source_idx = s.idx AND c.status = '{_ACCEPTED}')"
-                " AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.run_id = s.run_id"
-                f"   AND c.source_idx = s.idx AND c.status != '{_ACCEPTED}')"
-                " ORDER BY r.created_at, r.run_id",
+                f" AND s.run_id IS NOT ? AND {_ALL_ACCEPTED} ORDER BY r.created_at, r.run_id",
                 (*fingerprints, exclude_run),
             ).fetchall()
         return {fp: run_id for fp, run_id in rows}  # later runs overwrite earlier ones
@@ -222,19 +236,34 @@ class RunsMixin(Store):
         *,
         rows_read: int,
         rows_rejected: int,
-        chunks_total: int | None,
+        first_chunk: int | None = None,
+        last_chunk: int | None = None,
+        chunked: bool = True,
         skipped: bool = False,
     ) -> None:
-        """Record a source's row counts; chunks_total once it is completely chunked."""
+        """Record a source's row counts and, once it is completely chunked, its chunk range
+        (the positions of the chunks holding its first and last item; None without items)."""
         if skipped:
             status = SourceStatus.SKIPPED
         else:
-            status = SourceStatus.PENDING if chunks_total is None else SourceStatus.CHUNKED
+            status = SourceStatus.CHUNKED if chunked else SourceStatus.PENDING
+        total = None
+        if chunked:
+            total = 0 if first_chunk is None or last_chunk is None else last_chunk - first_chunk + 1
         with self._writing("source counts") as conn:
             cur = conn.execute(
                 "UPDATE run_sources SET rows_read = ?, rows_rejected = ?, chunks_total = ?,"
-                " status = ? WHERE run_id = ? AND idx = ?",
-                (rows_read, rows_rejected, chunks_total, status.value, run_id, idx),
+                " first_chunk = ?, last_chunk = ?, status = ? WHERE run_id = ? AND idx = ?",
+                (
+                    rows_read,
+                    rows_rejected,
+                    total,
+                    first_chunk,
+                    last_chunk,
+                    status.value,
+                    run_id,
+                    idx,
+                ),
             )
             if cur.rowcount == 0:
                 raise LedgerError(f"run {run_id} has no source #{idx} in the ledger {self.path}")

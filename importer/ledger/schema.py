@@ -95,14 +95,34 @@ _SCHEMA_V1: Final = (
 )
 
 
+# Schema 2: chunks are cut over the whole import, so one may carry rows of several sources.
+# A chunk records the range of sources it spans and which source each item came from; a
+# source records the positions (seq) of its first and last chunk, and is imported once every
+# chunk in that range was accepted. Schema-1 rows keep their meaning (their NULLs say "as in 1").
+_SCHEMA_V2: Final = (
+    "ALTER TABLE chunks ADD COLUMN last_source INTEGER",
+    "ALTER TABLE chunks ADD COLUMN sources_z BLOB",
+    "ALTER TABLE run_sources ADD COLUMN first_chunk INTEGER",
+    "ALTER TABLE run_sources ADD COLUMN last_chunk INTEGER",
+    "ALTER TABLE item_errors ADD COLUMN source_idx INTEGER",
+    "CREATE INDEX chunks_by_seq ON chunks (run_id, seq)",
+)
+
+
 def _migrate_v1(conn: sqlite3.Connection) -> None:
     """Create the first schema."""
     for statement in _SCHEMA_V1:
         conn.execute(statement)
 
 
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Let chunks span sources."""
+    for statement in _SCHEMA_V2:
+        conn.execute(statement)
+
+
 # Index i migrates from user_version i to i + 1. Append, never edit or reorder.
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_migrate_v1,)
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_migrate_v1, _migrate_v2)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 TABLES: Final = frozenset({"runs", "run_sources", "chunks", "item_errors"})
 

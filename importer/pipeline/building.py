@@ -1,8 +1,11 @@
-"""Pass 2: the chunks of a source, built in file order, exactly as ``run`` sends them."""
+"""Pass 2: the import's chunks, cut over all its sources in order, exactly as ``run`` sends them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from importer.chunker import Chunker
 from importer.events import NullReporter, Reporter, RowsRead
@@ -11,35 +14,67 @@ from importer.pipeline.options import ImportOptions
 from importer.pipeline.reading import Prepared, close_all, open_sources, prepare, transformed
 
 
-def source_chunks(
-    index: int, prepared: Prepared, options: ImportOptions, reporter: Reporter
-) -> Iterator[Chunk]:
-    """Pass 2 for one source: its chunks, in the order they close."""
-    chunker = Chunker(
-        source_index=index,
-        source=prepared.source.name,
-        source_fingerprint=prepared.fingerprint,
-        mapping_hash=options.mapping.fingerprint(),
+@dataclass(frozen=True, slots=True)
+class SourceChunked:
+    """Every item of source ``index`` is in a chunk, from ``first_chunk`` to ``last_chunk``
+    (chunk positions; both None when the source made no item). The last may still be filling."""
+
+    index: int
+    first_chunk: int | None
+    last_chunk: int | None
+
+
+def import_key(fingerprints: Sequence[str], mapping_hash: str) -> str:
+    """What identifies the import in its chunk ids: the sent sources' contents in order and the
+    mapping (the chunk settings, shard included, are added by the chunker)."""
+    data = json.dumps({"sources": list(fingerprints), "mapping": mapping_hash})
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def new_chunker(
+    todo: Sequence[tuple[int, Prepared]], options: ImportOptions, *, build_bodies: bool
+) -> Chunker:
+    """The chunker of an import of these (index, source) pairs."""
+    names = {index: p.source.name for index, p in todo}
+    return Chunker(
+        import_key=import_key([p.fingerprint for _, p in todo], options.mapping.fingerprint()),
         settings=options.chunk_settings(),
+        sources=[names.get(i, "") for i in range(max(names, default=-1) + 1)],
+        build_bodies=build_bodies,
     )
-    for batch, result in transformed(prepared, options.shard):
-        yield from chunker.add(result.items)
-        reporter.emit(RowsRead(batch.height))
+
+
+def import_chunks(
+    todo: Sequence[tuple[int, Prepared]], options: ImportOptions, reporter: Reporter
+) -> Iterator[Chunk | SourceChunked]:
+    """Every chunk of the import in order, and after each source where its items went."""
+    chunker = new_chunker(todo, options, build_bodies=True)
+    for index, prepared in todo:
+        first: int | None = None
+        for batch, result in transformed(prepared, options.shard):
+            if first is None and result.items.height:
+                first = chunker.open_seq
+            yield from chunker.add(result.items, index)
+            reporter.emit(RowsRead(batch.height))
+        last = None
+        if first is not None:
+            last = chunker.open_seq if chunker.open_items else chunker.open_seq - 1
+        yield SourceChunked(index, first, last)
     yield from chunker.finish()
 
 
 def preview(options: ImportOptions, count: int, reporter: Reporter | None = None) -> list[bytes]:
-    """The first ``count`` request bodies, exactly as ``run`` would send them."""
+    """The first ``count`` request bodies of the import, exactly as ``run`` would send them."""
     reporter = reporter or NullReporter()
     sources = open_sources(options.sources, options.mapping, options.format, reporter, True)
     bodies: list[bytes] = []
     try:
-        for index, source in enumerate(sources):
-            prepared = prepare(source, options.mapping, options.settings)
-            for chunk in source_chunks(index, prepared, options, NullReporter()):
+        todo = [(i, prepare(s, options.mapping, options.settings)) for i, s in enumerate(sources)]
+        for chunk in import_chunks(todo, options, NullReporter()):
+            if isinstance(chunk, Chunk):
                 bodies.append(chunk.body)
                 if len(bodies) >= count:
-                    return bodies
+                    break
     finally:
         close_all(sources)
     return bodies

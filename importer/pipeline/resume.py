@@ -45,18 +45,19 @@ def resumable_run(
 
 def sources_to_send(
     prepared: list[Prepared], imported: dict[str, str], summary: RunSummary, reporter: Reporter
-) -> list[Prepared]:
-    """The sources this run sends: not imported by an earlier run, and each content once.
+) -> list[tuple[int, Prepared]]:
+    """The sources this run sends, as (index, source): not imported by an earlier run, and each
+    content once.
 
     Chunk ids come from the content, not the path: a second source with the same content would
     reuse the first one's ids, and the ledger could no longer tell their chunks apart (a resume
     would skip the copy). So a source is imported once per run.
     """
-    todo: list[Prepared] = []
-    for item in prepared:
+    todo: list[tuple[int, Prepared]] = []
+    for index, item in enumerate(prepared):
         name = item.source.name
         earlier = imported.get(item.fingerprint)
-        twin = next((t.source.name for t in todo if t.fingerprint == item.fingerprint), None)
+        twin = next((t.source.name for _, t in todo if t.fingerprint == item.fingerprint), None)
         if earlier is not None:
             skipped = SourceSkipped(name, SkipReason.ALREADY_IMPORTED, earlier)
         elif twin is not None:
@@ -64,7 +65,7 @@ def sources_to_send(
             skipped = SourceSkipped(name, reason, twin)
         else:
             summary.sources.append(SourceSummary(source=name))
-            todo.append(item)
+            todo.append((index, item))
             continue
         summary.sources.append(SourceSummary(source=name, skipped=True))
         summary.sources_skipped += 1

@@ -12,7 +12,8 @@ import contextlib
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from importer import config
@@ -20,7 +21,7 @@ from importer.errors import ImporterError, InterruptedRun, UsageError
 from importer.events import ChunkSettled, NullReporter, Phase, PhaseStarted, Reporter, RunStarted
 from importer.ledger import Ledger, RunInfo, pack_chunk
 from importer.model import Chunk, ChunkStatus, RunStatus
-from importer.pipeline.building import source_chunks
+from importer.pipeline.building import SourceChunked, import_chunks
 from importer.pipeline.options import ImportOptions
 from importer.pipeline.reading import Prepared, close_all, open_sources, prepare_all
 from importer.pipeline.resume import (
@@ -29,13 +30,7 @@ from importer.pipeline.resume import (
     source_key,
     sources_to_send,
 )
-from importer.pipeline.sending import (
-    ChunkReady,
-    LedgerRecorder,
-    Message,
-    SourceChunked,
-    send_produced,
-)
+from importer.pipeline.sending import ChunkReady, LedgerRecorder, Message, Produce, send_produced
 from importer.pipeline.signals import sigterm_stops_the_command
 from importer.pipeline.summary import RunSummary
 from importer.pipeline.validating import check_reject_rate, validate, validate_all
@@ -110,142 +105,145 @@ def _run(
         summary.ledger = str(ledger_path)
         with Ledger.open(ledger_path) as ledger:
             ledger.lock_for_run()
-            run, todo = _plan(ledger, prepared, options, summary, reporter)
-            run_id = _start(ledger, run, prepared, todo, options, summary, reporter, target)
-            _send_run(ledger, run_id, prepared, todo, options, summary, reporter, target)
+            run = _Run(ledger, options, summary, reporter, target, prepared)
+            resumed = run.plan()
+            run.start(resumed)
+            run.send()
     finally:
         close_all(sources)
     return summary
 
 
-def _plan(
-    ledger: Ledger,
-    prepared: list[Prepared],
-    options: ImportOptions,
-    summary: RunSummary,
-    reporter: Reporter,
-) -> tuple[RunInfo | None, list[Prepared]]:
-    """The run to resume (or None) and the sources to send, validated (pass 1)."""
-    fingerprints = [p.fingerprint for p in prepared]
-    run = resumable_run(
-        ledger,
-        source_key(fingerprints, options.shard),
-        mapping_hash=options.mapping.fingerprint(),
-        chunk_key=options.chunk_settings().key(),
-        force=options.force,
-    )
-    imported = (
-        {}
-        if options.force
-        else ledger.imported_sources(fingerprints, exclude_run=run.run_id if run else None)
-    )
-    todo = sources_to_send(prepared, imported, summary, reporter)
-    validate_all(todo, options, summary, reporter)
-    check_reject_rate(summary, options.settings)
-    return run, todo
+@dataclass
+class _Run:
+    """One run of `run`: its ledger, options, summary and sources, from plan to last record."""
 
+    ledger: Ledger
+    options: ImportOptions
+    summary: RunSummary
+    reporter: Reporter
+    target: Target
+    prepared: list[Prepared]  # every source of the command line, in order
+    todo: list[tuple[int, Prepared]] = field(default_factory=list)  # those this run sends
+    run_id: str = ""
 
-def _start(
-    ledger: Ledger,
-    run: RunInfo | None,
-    prepared: list[Prepared],
-    todo: list[Prepared],
-    options: ImportOptions,
-    summary: RunSummary,
-    reporter: Reporter,
-    target: Target,
-) -> str:
-    """Resume ``run``, or record a new one; mark it running and report its start."""
-    if run is not None:
-        run_id = run.run_id
-        settle_stranded(ledger, run_id)
-    else:
-        run_id = ledger.create_run(
-            source_key=source_key([p.fingerprint for p in prepared], options.shard),
+    def plan(self) -> RunInfo | None:
+        """Validate the sources to send (pass 1); the unfinished run to resume, or None."""
+        options, fingerprints = self.options, [p.fingerprint for p in self.prepared]
+        run = resumable_run(
+            self.ledger,
+            source_key(fingerprints, options.shard),
             mapping_hash=options.mapping.fingerprint(),
             chunk_key=options.chunk_settings().key(),
-            shard=f"{options.shard[0]}/{options.shard[1]}" if options.shard else None,
-            settings=options.settings.model_dump(mode="json"),
-            base_url=target.base_url,
-            workspace=target.workspace,
-            api_version=target.api_version,
-            sources=[(p.source.name, p.fingerprint) for p in prepared],
+            force=options.force,
         )
-    summary.run_id = run_id
-    ledger.mark_run(run_id, RunStatus.RUNNING)
-    reporter.emit(
-        RunStarted(
-            run_id=run_id,
-            resumed=run is not None,
-            sources=tuple(p.source.name for p in todo),
-            rows_valid=summary.rows_valid,
-            chunks_total=summary.chunks_total,
+        imported = (
+            {}
+            if options.force
+            else self.ledger.imported_sources(fingerprints, exclude_run=run.run_id if run else None)
         )
-    )
-    return run_id
+        self.todo = sources_to_send(self.prepared, imported, self.summary, self.reporter)
+        validate_all(self.todo, options, self.summary, self.reporter)
+        check_reject_rate(self.summary, options.settings)
+        return run
 
+    def start(self, resumed: RunInfo | None) -> None:
+        """Resume the run, or record a new one; mark it running and report its start."""
+        options = self.options
+        if resumed is not None:
+            self.run_id = resumed.run_id
+            settle_stranded(self.ledger, self.run_id)
+        else:
+            self.run_id = self.ledger.create_run(
+                source_key=source_key([p.fingerprint for p in self.prepared], options.shard),
+                mapping_hash=options.mapping.fingerprint(),
+                chunk_key=options.chunk_settings().key(),
+                shard=f"{options.shard[0]}/{options.shard[1]}" if options.shard else None,
+                settings=options.settings.model_dump(mode="json"),
+                base_url=self.target.base_url,
+                workspace=self.target.workspace,
+                api_version=self.target.api_version,
+                sources=[(p.source.name, p.fingerprint) for p in self.prepared],
+            )
+        self.summary.run_id = self.run_id
+        self.ledger.mark_run(self.run_id, RunStatus.RUNNING)
+        self.reporter.emit(
+            RunStarted(
+                run_id=self.run_id,
+                resumed=resumed is not None,
+                sources=tuple(p.source.name for _, p in self.todo),
+                rows_valid=self.summary.rows_valid,
+                chunks_total=self.summary.chunks_total,
+            )
+        )
 
-def _producer(
-    prepared: list[Prepared],
-    todo: list[Prepared],
-    options: ImportOptions,
-    reporter: Reporter,
-    known: dict[str, ChunkStatus],
-) -> Callable[[Callable[[Message], None], threading.Event], None]:
-    """Pass 2 in the reader thread: every chunk in order, compressed when it will be sent."""
-    indexes = {id(p): i for i, p in enumerate(prepared)}
+    def send(self) -> None:
+        """Pass 2: build the chunks again in a reader thread and send those not settled yet."""
+        known = self.ledger.chunk_statuses(self.run_id)
+        self.reporter.emit(PhaseStarted(Phase.SENDING, self.summary.rows_read))
+        error: ImporterError | None = None
+        try:
+            stopped = asyncio.run(
+                send_produced(
+                    self._producer(known),
+                    partial(self._on_message, known),
+                    target=self.target,
+                    config=self.options.send_config(),
+                    recorder=LedgerRecorder(
+                        self.ledger, self.run_id, self.reporter, secret=self.target.api_key
+                    ),
+                    reporter=self.reporter,
+                    summary=self.summary,
+                )
+            )
+            if stopped:
+                raise InterruptedRun(
+                    "interrupted: no new requests were started; in-flight ones were settled"
+                )
+        except ImporterError as exc:
+            error = exc
+            raise
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            error = InterruptedRun("interrupted: chunks still in flight stay marked in the ledger")
+            raise error from None
+        finally:
+            self._record_end(error)
 
-    def produce(put: Callable[[Message], None], stop: threading.Event) -> None:
-        for item in todo:
-            index = indexes[id(item)]
-            count = 0
-            for chunk in source_chunks(index, item, options, reporter):
+    def _producer(self, known: dict[str, ChunkStatus]) -> Produce:
+        """Pass 2 in the reader thread: every chunk in order, compressed when it will be sent."""
+
+        def produce(put: Callable[[Message], None], stop: threading.Event) -> None:
+            for made in import_chunks(self.todo, self.options, self.reporter):
                 if stop.is_set():
                     return
-                count += 1
-                status = known.get(chunk.chunk_id)
-                settled = status is not None and status.is_settled
-                # zlib releases the GIL: compressing here keeps it off the event loop
-                put(ChunkReady(chunk if settled else _packed(chunk)))
-            put(SourceChunked(index, count))
+                if isinstance(made, SourceChunked):
+                    put(made)
+                    continue
+                status = known.get(made.chunk_id)
+                if status is not None and status.is_settled:
+                    put(ChunkReady(made))
+                else:  # zlib releases the GIL: compressing here keeps it off the event loop
+                    put(ChunkReady(replace(made, packed=pack_chunk(made))))
 
-    return produce
+        return produce
 
-
-def _packed(chunk: Chunk) -> Chunk:
-    return replace(chunk, packed=pack_chunk(chunk))
-
-
-class _Resume:
-    """On the event loop: what to do with each produced message, given the ledger's record."""
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        run_id: str,
-        prepared: list[Prepared],
-        known: dict[str, ChunkStatus],
-        summary: RunSummary,
-        reporter: Reporter,
-    ) -> None:
-        self.ledger, self.run_id, self.prepared = ledger, run_id, prepared
-        self.known, self.summary, self.reporter = known, summary, reporter
-        self.per_source = {s.source: s for s in summary.sources if not s.skipped}
-
-    def __call__(self, message: ChunkReady | SourceChunked) -> Chunk | None:
-        """The chunk to send, or None when it was settled in an earlier try."""
+    def _on_message(
+        self, known: dict[str, ChunkStatus], message: ChunkReady | SourceChunked
+    ) -> Chunk | None:
+        """On the event loop: the chunk to send, or None when it was settled in an earlier try."""
         if isinstance(message, SourceChunked):
-            counts = self.per_source[self.prepared[message.index].source.name]
+            counts = self.summary.sources[message.index]
             self.ledger.set_source_counts(
                 self.run_id,
                 message.index,
                 rows_read=counts.rows_read,
                 rows_rejected=counts.rows_rejected,
-                chunks_total=message.chunks,
+                first_chunk=message.first_chunk,
+                last_chunk=message.last_chunk,
             )
             return None
         chunk = message.chunk
-        status = self.known.get(chunk.chunk_id)
+        status = known.get(chunk.chunk_id)
         if status is None or not status.is_settled:
             return chunk
         if status is ChunkStatus.ACCEPTED:
@@ -259,59 +257,17 @@ class _Resume:
         )
         return None
 
+    def _record_end(self, error: ImporterError | None) -> None:
+        """The run's final status and summary in the ledger.
 
-def _send_run(
-    ledger: Ledger,
-    run_id: str,
-    prepared: list[Prepared],
-    todo: list[Prepared],
-    options: ImportOptions,
-    summary: RunSummary,
-    reporter: Reporter,
-    target: Target,
-) -> None:
-    known = ledger.chunk_statuses(run_id)
-    reporter.emit(PhaseStarted(Phase.SENDING, summary.rows_read))
-    error: ImporterError | None = None
-    try:
-        stopped = asyncio.run(
-            send_produced(
-                _producer(prepared, todo, options, reporter, known),
-                _Resume(ledger, run_id, prepared, known, summary, reporter),
-                target=target,
-                config=options.send_config(),
-                recorder=LedgerRecorder(ledger, run_id, reporter, secret=target.api_key),
-                reporter=reporter,
-                summary=summary,
-            )
-        )
-        if stopped:
-            raise InterruptedRun(
-                "interrupted: no new requests were started; in-flight ones were settled"
-            )
-    except ImporterError as exc:
-        error = exc
-        raise
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        error = InterruptedRun("interrupted: chunks still in flight stay marked in the ledger")
-        raise error from None
-    finally:
-        _record_end(ledger, run_id, summary, error)
-
-
-def _record_end(
-    ledger: Ledger, run_id: str, summary: RunSummary, error: ImporterError | None
-) -> None:
-    """The run's final status and summary in the ledger.
-
-    Every chunk is recorded by now; a failure to write this last line leaves the run unfinished
-    in the ledger (resumable), and is not raised over the run's own outcome.
-    """
-    if error is None:
-        status = RunStatus.FINISHED
-    elif isinstance(error, InterruptedRun):
-        status = RunStatus.INTERRUPTED
-    else:
-        status = RunStatus.ABORTED
-    with contextlib.suppress(ImporterError):
-        ledger.mark_run(run_id, status, summary.as_json(error))
+        Every chunk is recorded by now; a failure to write this last line leaves the run
+        unfinished in the ledger (resumable), and is not raised over the run's own outcome.
+        """
+        if error is None:
+            status = RunStatus.FINISHED
+        elif isinstance(error, InterruptedRun):
+            status = RunStatus.INTERRUPTED
+        else:
+            status = RunStatus.ABORTED
+        with contextlib.suppress(ImporterError):
+            self.ledger.mark_run(self.run_id, status, self.summary.as_json(error))

@@ -19,6 +19,7 @@ from typing import Any
 from importer.events import ChunkSettled, Reporter, RetryScheduled, Stopping
 from importer.ledger import Ledger
 from importer.model import Chunk, ChunkOutcome, ChunkStatus
+from importer.pipeline.building import SourceChunked
 from importer.pipeline.summary import RunSummary
 from importer.redact import redact
 from importer.send import SendConfig, Sender, Target, make_client
@@ -31,14 +32,6 @@ class ChunkReady:
     """A chunk, in sending order (with its compressed form when it will be sent)."""
 
     chunk: Chunk
-
-
-@dataclass(frozen=True, slots=True)
-class SourceChunked:
-    """Every chunk of source ``index`` has been produced; it made ``chunks`` of them."""
-
-    index: int
-    chunks: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from importer.chunker import Chunker
 from importer.config.settings import Settings
 from importer.errors import RejectRateError, SourceError
 from importer.events import NullReporter, Phase, PhaseStarted, Reporter, RowsRead
+from importer.pipeline.building import new_chunker
 from importer.pipeline.options import ImportOptions
 from importer.pipeline.reading import (
     Prepared,
@@ -40,7 +41,7 @@ def _validate(options: ImportOptions, summary: RunSummary, reporter: Reporter) -
     try:
         prepared = prepare_all(sources, options.mapping, options.settings, reporter)
         summary.sources = [SourceSummary(source=p.source.name) for p in prepared]
-        validate_all(prepared, options, summary, reporter)
+        validate_all(list(enumerate(prepared)), options, summary, reporter)
         if options.dry_run:
             check_reject_rate(summary, options.settings)
     finally:
@@ -49,20 +50,28 @@ def _validate(options: ImportOptions, summary: RunSummary, reporter: Reporter) -
 
 
 def validate_all(
-    prepared: list[Prepared], options: ImportOptions, summary: RunSummary, reporter: Reporter
+    todo: list[tuple[int, Prepared]],
+    options: ImportOptions,
+    summary: RunSummary,
+    reporter: Reporter,
 ) -> None:
-    """Pass 1 over every source to send: rejects file, row counts, item and chunk counts."""
-    reporter.emit(PhaseStarted(Phase.VALIDATING, row_total(prepared)))
+    """Pass 1 over the sources to send, (index, source) in order: the rejects file, row counts,
+    and the items and chunks they make (cut over the whole import, as pass 2 will)."""
+    reporter.emit(PhaseStarted(Phase.VALIDATING, row_total([p for _, p in todo])))
     writer = RejectsWriter(options.rejects)
     summary.rejects = str(options.rejects)
-    # By position, not by name: the same path may be given twice.
-    active = [s for s in summary.sources if not s.skipped]
+    chunker = new_chunker(todo, options, build_bodies=False)
     try:
-        for index, (item, per_source) in enumerate(zip(prepared, active, strict=True)):
-            _validate_source(index, item, per_source, options, summary, reporter, writer)
+        for index, item in todo:
+            per_source = summary.sources[index]
+            _validate_source(index, item, per_source, options, summary, reporter, writer, chunker)
+        for _ in chunker.finish():
+            pass
     finally:
         writer.close()
         summary.total_rows()
+    summary.chunks_total += chunker.chunks
+    summary.bytes_total += chunker.bytes
 
 
 def _validate_source(
@@ -73,15 +82,8 @@ def _validate_source(
     summary: RunSummary,
     reporter: Reporter,
     writer: RejectsWriter,
+    chunker: Chunker,
 ) -> None:
-    chunker = Chunker(
-        source_index=index,
-        source=item.source.name,
-        source_fingerprint=item.fingerprint,
-        mapping_hash=options.mapping.fingerprint(),
-        settings=options.chunk_settings(),
-        build_bodies=False,
-    )
     seen = [0]  # rows in the file, whatever the shard
     for batch, result in transformed(item, options.shard, seen):
         writer.write(item.source.name, result.rejects)
@@ -89,13 +91,9 @@ def _validate_source(
             per_source, read=batch.height, rejected=result.rejects.height, valid=result.rows_valid
         )
         summary.items_total += result.items.height
-        for _ in chunker.add(result.items):
+        for _ in chunker.add(result.items, index):
             pass
         reporter.emit(RowsRead(batch.height))
-    for _ in chunker.finish():
-        pass
-    summary.chunks_total += chunker.chunks
-    summary.bytes_total += chunker.bytes
     # A file whose rows all fall in other shards is not empty: with --shard K/N over a small
     # file, some shards simply have nothing to send.
     if seen[0] == 0 and not options.settings.allow_empty:

@@ -1,20 +1,21 @@
-"""Sending chunks to the batch endpoint: bounded concurrency, per-lane order, retries, rate.
+"""Sending chunks to the batch endpoint: bounded concurrency, per-profile order, retries, rate.
 
 The sender is given an ``httpx.AsyncClient`` (auth header and base URL already on it) and never
 builds one. ``Sender.send_all`` pulls chunks from an async iterable and POSTs each body:
 
-    chunks ─▶ dispatcher ─▶ lane queues ─▶ one worker per busy lane ─▶ POST ─▶ recorder
-             (takes room    (a lane's chunks  (one chunk at a time:     (slot, then a start
-              before it      in order)         final outcome before      token from the
-              pulls)                           the next one starts)      shared rate limiter)
+    chunks ─▶ dispatcher ─▶ one task per chunk ─────────────▶ POST ─▶ recorder
+             (takes room    (waits while an earlier          (slot, then a start
+              before it      unsettled chunk shares one       token from the shared
+              pulls)         of its profiles)                 rate limiter)
 
-- **Order per profile.** The chunker puts every update of a profile into one lane. A lane has at
-  most one chunk in flight, and its next chunk starts only once the previous one has its final
-  outcome (after all retries). Lanes proceed independently, at most ``concurrency`` requests in
-  flight in total.
+- **Order per profile.** Chunks arrive in import order. A chunk starts only once every earlier
+  chunk that carries one of its profiles (``Chunk.id_keys``) has its final outcome, after all
+  retries; chunks sharing no profile go in parallel, at most ``concurrency`` requests in flight.
+  In the usual export, one row per profile, nothing waits. The check is a few set operations
+  per chunk on the keys of the at most ``2 * concurrency`` chunks held (``_ProfileOrder``).
 - **Bounded memory.** The dispatcher takes a unit of room *before* it pulls a chunk, so at most
-  ``2 * concurrency`` chunks are held (queued or being sent) however long the input is, and there
-  is at most one worker task per lane holding such a chunk.
+  ``2 * concurrency`` chunks are held (waiting or being sent) however long the input is, each
+  with one task.
 - **Record before sending.** ``record_in_flight`` is called right before a chunk's first request
   (after its slot and start token were granted), ``record_outcome`` after its final answer.
 - **Retries.** 429, 408, 5xx and transport errors are transient: retried with full-jitter
@@ -22,7 +23,7 @@ builds one. ``Sender.send_all`` pulls chunks from an async iterable and POSTs ea
   surely was not applied (429, 500, 503, or a connect/pool error before anything was sent);
   otherwise it ends ``ambiguous`` at once.
 - **Rate.** One adaptive token schedule for request starts (retries included), shared by every
-  worker: a 429 lowers the rate for all of them, quiet periods raise it again (``Throttle``).
+  chunk: a 429 lowers the rate for all of them, quiet periods raise it again (``Throttle``).
 - **Stopping.** ``stop()`` starts no new request, lets in-flight requests get their answer and be
   recorded, closes chunks waiting for a retry as failed, and lets ``send_all`` return. A 401/403,
   a ``LedgerWriteError`` or an error from the chunk source does the same, then ``send_all``
@@ -35,7 +36,6 @@ import asyncio
 import math
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -70,7 +70,7 @@ _JSON_HEADERS: Final = {"Content-Type": "application/json"}
 class SendConfig:
     """How hard and how carefully to send."""
 
-    concurrency: int = config.DEFAULT_CONCURRENCY  # most requests in flight, across all lanes
+    concurrency: int = config.DEFAULT_CONCURRENCY  # most requests in flight
     rate_limit: float = config.DEFAULT_RATE_LIMIT  # most request starts per second (0 = none)
     max_retries: int = config.DEFAULT_MAX_RETRIES  # tries after the first, for transient failures
     timeout: float = config.DEFAULT_TIMEOUT_S  # per request, in seconds
@@ -130,7 +130,7 @@ _HALTED: Final = _Halted()
 
 
 class Sender:
-    """Sends chunks concurrently, one at a time per lane, and records each outcome."""
+    """Sends chunks concurrently, in order per profile, and records each outcome."""
 
     def __init__(
         self,
@@ -161,7 +161,7 @@ class Sender:
         self._error: BaseException | None = None  # raised by send_all once in-flight ones settle
         self._slots = asyncio.Semaphore(config.concurrency)  # requests in flight
         self._room = asyncio.Semaphore(2 * config.concurrency)  # chunks held, queued or sending
-        self._lanes: dict[int, deque[Chunk]] = {}
+        self._order = _ProfileOrder()
 
     @property
     def rate(self) -> float | None:
@@ -188,7 +188,7 @@ class Sender:
                 await self._dispatch(chunks.__aiter__(), tasks)
         finally:
             self._running = False
-            self._lanes.clear()
+            self._order = _ProfileOrder()
         if self._error is not None:
             raise self._error
         return self.stats
@@ -196,7 +196,7 @@ class Sender:
     # -- dispatching --------------------------------------------------------------------------
 
     async def _dispatch(self, chunks: AsyncIterator[Chunk], tasks: asyncio.TaskGroup) -> None:
-        """Pull chunks only when there is room for them, and hand each to its lane."""
+        """Pull chunks only when there is room for them, and start a task for each."""
         while True:
             if not self._room.locked():
                 await self._room.acquire()  # free: returns without waiting
@@ -214,32 +214,21 @@ class Sender:
             if chunk is None or isinstance(chunk, _Halted):
                 self._room.release()
                 return
-            queue = self._lanes.get(chunk.lane)
-            if queue is None:
-                queue = self._lanes[chunk.lane] = deque()
-                tasks.create_task(self._run_lane(chunk.lane, queue))
-            queue.append(chunk)
+            held, earlier = self._order.admit(chunk)
+            tasks.create_task(self._run_chunk(held, earlier))
 
-    async def _run_lane(self, lane: int, queue: deque[Chunk]) -> None:
-        """Send a lane's chunks one after the other; end when its queue is empty."""
+    async def _run_chunk(self, held: _Held, earlier: list[asyncio.Event]) -> None:
+        """Send one chunk once the earlier chunks sharing a profile with it have settled."""
         try:
-            while queue:
-                chunk = queue.popleft()
-                try:
-                    if not self._halt.is_set():
-                        await self._send_chunk(chunk)
-                finally:
-                    self._room.release()
+            if earlier and not self._halt.is_set():
+                await self._unless_halted(partial(_all_set, earlier))
+            if not self._halt.is_set():
+                await self._send_chunk(held.chunk)
         except Exception as exc:  # a bug or a failing callback: stop cleanly, raise it later
             self._fail(exc)
         finally:
-            # No await between the last look at the queue and this: the dispatcher cannot have
-            # appended a chunk that nobody would send.
-            if self._lanes.get(lane) is queue:
-                del self._lanes[lane]
-            while queue:
-                queue.popleft()
-                self._room.release()
+            self._order.release(held)
+            self._room.release()
 
     # -- one chunk ----------------------------------------------------------------------------
 
@@ -424,6 +413,62 @@ class Sender:
         if work.done() and not work.cancelled():
             return work.result()
         return _HALTED
+
+
+@dataclass(slots=True)
+class _Held:
+    """A chunk the sender holds (waiting or being sent), with the event its settling sets."""
+
+    chunk: Chunk
+    settled: asyncio.Event
+
+
+class _ProfileOrder:
+    """Which held chunks carry which profiles, so a chunk waits only for earlier ones sharing one.
+
+    ``_keys`` is the union of the held chunks' profile keys; ``_shared`` counts, for the rare key
+    that more than one held chunk carries, how many do. The usual chunk (no profile in common
+    with those held) costs two set operations when admitted and one when released.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[_Held] = []  # in the order admitted
+        self._keys: set[int] = set()
+        self._shared: dict[int, int] = {}
+
+    def admit(self, chunk: Chunk) -> tuple[_Held, list[asyncio.Event]]:
+        """Hold ``chunk``; the settled events of the earlier held chunks it must wait for."""
+        keys = chunk.id_keys
+        earlier: list[asyncio.Event] = []
+        if not self._keys.isdisjoint(keys):
+            common = self._keys & keys
+            earlier = [h.settled for h in self._held if not h.chunk.id_keys.isdisjoint(common)]
+            for key in common:
+                self._shared[key] = self._shared.get(key, 1) + 1
+        self._keys |= keys
+        held = _Held(chunk, asyncio.Event())
+        self._held.append(held)
+        return held, earlier
+
+    def release(self, held: _Held) -> None:
+        """``held`` has its final outcome (or will not be sent): the chunks after it may go."""
+        held.settled.set()
+        self._held.remove(held)
+        keys = held.chunk.id_keys
+        shared = keys & self._shared.keys() if self._shared else set()
+        for key in shared:
+            count = self._shared[key] - 1
+            if count > 1:
+                self._shared[key] = count
+            else:
+                del self._shared[key]
+        self._keys -= keys - shared if shared else keys
+
+
+async def _all_set(events: list[asyncio.Event]) -> None:
+    """Wait until every event is set."""
+    for event in events:
+        await event.wait()
 
 
 async def _next_or_none(chunks: AsyncIterator[Chunk]) -> Chunk | None:

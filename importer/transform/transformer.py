@@ -42,6 +42,7 @@ ITEM_SCHEMA = {
     "item": pl.String,
     "nbytes": pl.Int64,
     "has_add": pl.Boolean,
+    "id_json": pl.String,  # the distinct_id as JSON text, as the item carries it
 }
 REJECT_SCHEMA = {ROW: pl.Int64, "column": pl.String, "reason": pl.String, "values": pl.String}
 
@@ -358,7 +359,7 @@ class Transformer:
         item = pl.concat_str(
             [
                 pl.lit('{"distinct_id":'),
-                json_value(pl.col("distinct_id")),
+                pl.col("id_json"),
                 pl.lit(',"action":{'),
                 pl.col("__action"),
                 pl.lit("}}"),
@@ -368,9 +369,10 @@ class Transformer:
         return (
             frame.with_columns(__action=action)
             .filter(pl.col("__action").is_not_null())
-            .select(ROW, "distinct_id", item.alias("item"), has_add.alias("has_add"))
+            .with_columns(id_json=json_value(pl.col("distinct_id")))
+            .select(ROW, "distinct_id", item.alias("item"), has_add.alias("has_add"), "id_json")
             .with_columns(nbytes=pl.col("item").str.len_bytes().cast(pl.Int64))
-            .select(ROW, "distinct_id", "item", "nbytes", "has_add")
+            .select(*ITEM_SCHEMA)
             .collect()
         )
 
