@@ -241,7 +241,41 @@ class _Scanner:
     ) -> tuple[Flags, Indices]:
         """Which of ``found`` are outside quotes, and which quotes are stray; carry the state."""
         is_quote = found == self.quote
-        quote_at = np.flatnonzero(is_quote)  # indices into found
+        # int32 may wrap on a huge window but keeps the parity, and sums faster than int64
+        outside = (np.cumsum(is_quote, dtype=np.int32) & 1) == self.in_quotes
+        np.logical_and(outside, ~is_quote, out=outside)
+        if self._every_quote_counts(is_quote, outside, positions):
+            strays, self.last_counted = _NO_INDICES, True
+        else:
+            quote_at = np.flatnonzero(is_quote)  # indices into found
+            counted = self._counted(quote_at, positions, separators)
+            toggles = np.zeros(found.size, dtype=np.bool_)
+            toggles[quote_at[counted]] = True
+            outside = (np.cumsum(toggles, dtype=np.int32) & 1) == self.in_quotes
+            np.logical_and(outside, ~is_quote, out=outside)
+            strays, self.last_counted = quote_at[~counted], bool(counted[-1])
+        self.in_quotes ^= bool((np.count_nonzero(is_quote) - strays.size) & 1)
+        self.separator_since_quote = not is_quote[-1]
+        return outside, strays
+
+    def _every_quote_counts(self, is_quote: Flags, outside: Flags, positions: Indices) -> bool:
+        """Whether every quote counts, as in a well-quoted file: the usual case, and cheap.
+
+        Counting them all (as ``outside`` was computed) is right unless some quote taken for an
+        opener is not at a field start. The first such quote has a delimiter or newline outside
+        quotes as the token before it, but not as the byte before it.
+        """
+        if is_quote[0]:  # its token before is in an earlier window
+            if not self.separator_since_quote:
+                if not self.last_counted:
+                    return False  # it goes on with a stray run
+            elif not self.in_quotes and not (positions[0] == 0 and self.after_separator):
+                return False
+        openers = np.flatnonzero(outside[:-1] & is_quote[1:])  # each is the token before one
+        return bool(np.all(positions[openers + 1] - positions[openers] == 1))
+
+    def _counted(self, quote_at: Indices, positions: Indices, separators: Flags) -> Flags:
+        """Which quotes count (see _counted_quotes), where some may not."""
         # a run of quotes starts at a quote with a delimiter or newline since the one before
         new_run = np.empty(quote_at.size, dtype=np.bool_)
         new_run[0] = quote_at[0] > 0 or self.separator_since_quote
@@ -252,26 +286,7 @@ class _Scanner:
         opens = separators[head_at - 1]
         if head_at.size and head_at[0] == 0:  # the byte before is the previous window's
             opens[0] = self.after_separator
-        # the usual case, checked first as it is cheaper: every quote counts, for each run
-        # opens or (the k-th quote having k before it) starts inside quotes
-        inside = ((heads + self.in_quotes) & 1).astype(np.bool_)
-        continues = self.last_counted or (heads.size > 0 and heads[0] == 0)
-        if continues and (opens | inside).all():
-            counted, toggles, strays = None, is_quote, _NO_INDICES
-        else:
-            counted = _counted_quotes(
-                quote_at.size, heads, opens, self.in_quotes, self.last_counted
-            )
-            toggles = np.zeros(found.size, dtype=np.bool_)
-            toggles[quote_at[counted]] = True
-            strays = quote_at[~counted]
-        # int32 may wrap on a huge window but keeps the parity, and sums faster than int64
-        outside = (np.cumsum(toggles, dtype=np.int32) & 1) == self.in_quotes
-        outside[quote_at] = False
-        self.in_quotes ^= bool((quote_at.size - strays.size) & 1)
-        self.last_counted = True if counted is None else bool(counted[-1])
-        self.separator_since_quote = bool(quote_at[-1] < found.size - 1)
-        return outside, strays
+        return _counted_quotes(quote_at.size, heads, opens, self.in_quotes, self.last_counted)
 
     def _note_strays(self, found: Bytes, outside: Flags, strays: Indices) -> None:
         """Note the records (0 the header) holding the stray quotes at ``strays`` in ``found``."""
