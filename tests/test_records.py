@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from importer.csv_records import RecordShape, file_blocks, scan_record_shapes
 from importer.errors import SourceError
+from importer.sources.records import RecordShape, file_blocks, scan_record_shapes
 
 
 def polars_frame(path: Path, delimiter: str = ",") -> pl.DataFrame:
