@@ -580,6 +580,8 @@ def test_json_schema_is_plain_json_listing_every_key() -> None:
     assert spec["additionalProperties"] is False
     assert set(spec["properties"]) == {
         "column",
+        "expr",
+        "value",
         "property",
         "op",
         "type",
