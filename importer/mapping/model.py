@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -85,7 +86,9 @@ def _checked_sql(text: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """An expression on one line, as reasons quote it: line breaks and their indentation become
+    one space (spaces inside it, in a string literal too, stay as written)."""
+    return re.sub(r"\s*\n\s*", " ", text)
 
 
 class PropertySpec(_Frozen):
@@ -250,6 +253,11 @@ class ComputedId(_Frozen):
     @classmethod
     def _parse_expr(cls, text: str) -> str:
         return _checked_sql(text)
+
+    @property
+    def label(self) -> str:
+        """How errors and rejects name the id: ``distinct_id (expr: 'cust-' || c_custkey)``."""
+        return f"distinct_id (expr: {_one_line(self.expr)})"
 
 
 def _id_kind(value: Any) -> str:

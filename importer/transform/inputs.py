@@ -155,13 +155,12 @@ def resolve(mapping: Mapping, schema: dict[str, pl.DataType]) -> Inputs:
         where = mapping.at("distinct_id")
         id_input = Input(where, column, f"column {column}", pl.col(column), schema[column])
     else:
-        sql = mapping.distinct_id.expr
         id_input = _computed(
             mapping.at("distinct_id", "expr"),
-            sql,
+            mapping.distinct_id.expr,
             probe,
             name="distinct_id",
-            label=f"distinct_id (expr: {' '.join(sql.split())})",
+            label=mapping.distinct_id.label,
             scratch="__eid__",
         )
     keep = None
