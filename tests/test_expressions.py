@@ -28,7 +28,7 @@ from e2e_helpers import (
     requests_total,
     write_mapping,
 )
-from helpers import MAPPINGS, SAMPLE_DATA, items, rejects, transform
+from helpers import MAPPINGS, SAMPLE_DATA, items, json_documents, rejects, transform
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -742,6 +742,29 @@ def test_computed_values_and_a_filter_land_in_the_emulator_as_plain_python_compu
     assert summary["rows_filtered"] == sum(1 for r in rows if _kept_balance(r) is None) > 0
     assert summary["rows_valid"] + summary["rows_filtered"] == len(rows)
     assert actual == expected and len(expected) > 20
+
+
+def test_preview_shows_computed_values_and_leaves_filtered_rows_out() -> None:
+    """`preview` builds the bodies `run` would send: no free-plan profile is in them, and the
+    second row's computed values and constant are."""
+    result = cli(
+        [
+            "preview",
+            str(SAMPLE_DATA / "users.csv"),
+            "-m",
+            str(MAPPINGS / "segments.yaml"),
+            "-n",
+            "99",
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    sent = {
+        i["distinct_id"]: i["action"] for b in json_documents(result.stdout) for i in b["batch"]
+    }
+    assert len(sent) == 3000 - 705 - 1  # all but the free plan and the row without an id
+    assert "u-100001" not in sent  # on the free plan
+    assert sent["u-100002"]["$set"]["full_name"] == "Ken Lovelace"
+    assert sent["u-100002"]["$once"] == {"source": "warehouse"}
 
 
 def test_the_shipped_segments_mapping_runs_on_both_sample_files() -> None:

@@ -65,16 +65,16 @@ class Inputs:
         """
         frame = batch.lazy()
         if self.keep is not None:
-            if (problem := _try(frame, self.keep)) is not None:
+            if (problem := _evaluation_error(frame, self.keep)) is not None:
                 return problem
             frame = frame.filter(self.keep.value)
         for item in (self.distinct_id, *self.properties):
-            if item.compute is not None and (problem := _try(frame, item)) is not None:
+            if item.compute is not None and (problem := _evaluation_error(frame, item)) is not None:
                 return problem
         return None
 
 
-def _try(frame: pl.LazyFrame, item: Input) -> MappingError | None:
+def _evaluation_error(frame: pl.LazyFrame, item: Input) -> MappingError | None:
     expr = item.compute if item.compute is not None else item.value
     try:
         frame.select(expr).collect()

@@ -267,12 +267,14 @@ class Transformer:
         bad = pl.any_horizontal([c.invalid.fill_null(False) for c in checks])
         keep, compute = self.inputs.keep, self.inputs.distinct_id.compute
         with self._naming_failures(batch):
-            kept = batch if keep is None else batch.filter(keep.value)
+            kept, rows = batch, None
+            if keep is not None:  # the id is computed only where the filter keeps the row
+                mask = batch.select(keep.value.fill_null(False)).to_series()
+                kept, rows = batch.filter(mask), mask.arg_true()
             frame = kept.lazy() if compute is None else kept.lazy().with_columns(compute)
             ids = frame.select(pl.when(~bad).then(distinct_id).alias("distinct_id")).collect()
-            if keep is None:
-                return ids.to_series()
-            rows = batch.select(keep.value.fill_null(False)).to_series().arg_true()
+        if rows is None:
+            return ids.to_series()
         blank = pl.Series("distinct_id", [None] * batch.height, dtype=pl.String)
         return blank.scatter(rows, ids.to_series())
 
