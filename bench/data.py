@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 DATA = CACHE / "data"
 MAPPING = HERE / "bench_mapping.yaml"
+EXPR_MAPPING = HERE / "bench_mapping_expr.yaml"  # three properties computed, a filter
 
 PLANS = ["free", "starter", "pro", "business", "enterprise"]
 COUNTRIES = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "SG", "AU", "CA", "NL", "ES", "MX", "ZA"]

@@ -181,6 +181,7 @@ def importer(
     emu: Emulator | None = None,
     options: tuple[str, ...] = (),
     timeout: float = 1800.0,
+    mapping: Path = data.MAPPING,
 ) -> ImporterRun:
     """Run ``fyno-import run SOURCE`` in a scratch directory (fresh ledger and rejects file)."""
     scratch = Path(tempfile.mkdtemp(prefix="fyno-bench-", dir=data.CACHE))
@@ -190,7 +191,7 @@ def importer(
             "run",
             str(source),
             "-m",
-            str(data.MAPPING),
+            str(mapping),
             "--no-progress",
             "--json",
             "--rejects",
@@ -718,6 +719,53 @@ def memory(results: Results) -> None:
     results.line("memory    peak RSS of the importer: " + "; ".join(parts))
 
 
+# --- g: computed values ---------------------------------------------------------------------
+
+
+def expressions(results: Results) -> None:
+    """``run --dry-run`` on the base Parquet with the bench mapping, and with three of its
+    properties computed by expressions plus a filter: the cost of computed values."""
+    plan = results.plan
+    source = data.ensure(plan.base_rows, "parquet")
+    variants = {"columns": data.MAPPING, "expressions": data.EXPR_MAPPING}
+    runs: dict[str, list[ImporterRun]] = {name: [] for name in variants}
+    for _ in range(plan.repeats):  # interleaved, so both see the same machine
+        for name, mapping in variants.items():
+            runs[name].append(importer(source, dry_run=True, mapping=mapping))
+    mids = {name: median_run(found) for name, found in runs.items()}
+    plain, computed = mids["columns"], mids["expressions"]
+    if computed.items != plain.items or computed.summary["rows_filtered"] != 0:
+        raise RuntimeError("the expression mapping must make the same items and filter no row")
+    ratio = computed.rows_per_s / plain.rows_per_s
+    results.raw["expressions"] = {
+        name: {"rows_per_s": mid.rows_per_s, "elapsed_s": [r.elapsed_s for r in runs[name]]}
+        for name, mid in mids.items()
+    }
+    for name, mid in mids.items():
+        results.rows.append(
+            Row(
+                scenario="g. computed values (`run --dry-run`)",
+                setting=f"Parquet {human(mid.rows)} rows, "
+                + (
+                    "bench mapping (six columns)"
+                    if name == "columns"
+                    else "three of the six properties as expressions, and a filter"
+                ),
+                rows_per_s=mid.rows_per_s,
+                items_per_s=mid.items / mid.elapsed_s,
+                rss_mb=max(r.measured.maxrss_mb for r in runs[name]),
+                figure=f"{rate(mid.rows_per_s)} rows/s"
+                + ("" if name == "columns" else f" = {ratio:.0%} of the columns' rate"),
+                note=f"run {mid.elapsed_s:.2f} s, CPU {mid.measured.cpu_s:.2f} s",
+            )
+        )
+    results.line(
+        f"expr      {human(plan.base_rows)} rows, median of {plan.repeats}: columns "
+        f"{rate(plain.rows_per_s)} rows/s, three expressions and a filter "
+        f"{rate(computed.rows_per_s)} rows/s ({ratio:.0%})"
+    )
+
+
 SCENARIOS: dict[str, Callable[[Results], None]] = {
     "prep": prep,
     "baseline": baseline,
@@ -725,4 +773,5 @@ SCENARIOS: dict[str, Callable[[Results], None]] = {
     "latency": latency,
     "rate": rate_limit,
     "memory": memory,
+    "expr": expressions,
 }

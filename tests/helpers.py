@@ -43,7 +43,9 @@ def sample_generator() -> ModuleType:
     return module
 
 
-def mapping_of(properties: list[dict[str, Any]], distinct_id: str = "id", **extra: Any) -> Mapping:
+def mapping_of(
+    properties: list[dict[str, Any]], distinct_id: str | dict[str, str] = "id", **extra: Any
+) -> Mapping:
     """A validated mapping from plain property dicts."""
     return Mapping.model_validate({"distinct_id": distinct_id, "properties": properties, **extra})
 
@@ -53,10 +55,12 @@ def transform(
     data: AnyMapping[str, list[Any]] | pl.DataFrame,
     *,
     schema: AnyMapping[str, pl.DataType] | None = None,
-    distinct_id: str = "id",
+    distinct_id: str | dict[str, str] = "id",
     max_batch_bytes: int = 1_000_000,
+    **extra: Any,
 ) -> TransformResult:
-    """Run one batch of rows (numbered from 1, as a source numbers them) through the transform."""
+    """Run one batch of rows (numbered from 1, as a source numbers them) through the transform;
+    ``extra`` are further mapping keys (``filter``)."""
     if isinstance(data, pl.DataFrame):
         frame = data
     else:
@@ -68,7 +72,7 @@ def transform(
     frame = frame.with_row_index(ROW, offset=1)
     columns = {c: frame.schema[c] for c in frame.columns if c != ROW}
     transformer = Transformer(
-        mapping_of(properties, distinct_id), columns, max_batch_bytes=max_batch_bytes
+        mapping_of(properties, distinct_id, **extra), columns, max_batch_bytes=max_batch_bytes
     )
     return transformer.apply(frame)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -580,6 +582,8 @@ def test_json_schema_is_plain_json_listing_every_key() -> None:
     assert spec["additionalProperties"] is False
     assert set(spec["properties"]) == {
         "column",
+        "expr",
+        "value",
         "property",
         "op",
         "type",
@@ -589,3 +593,204 @@ def test_json_schema_is_plain_json_listing_every_key() -> None:
         "format",
     }
     assert schema["required"] == ["distinct_id", "properties"]
+
+
+# --- computed values and row filters ------------------------------------------------------------
+
+
+def test_expr_value_and_filter_load(tmp_path: Path) -> None:
+    """expr, value, filter and distinct_id {expr} load, the SQL kept as written (stripped)."""
+    mapping = load_yaml(
+        tmp_path,
+        """
+        distinct_id: {expr: "'cust-' || c_custkey"}
+        filter: "c_acctbal >= 0 AND c_mktsegment <> 'AUTOMOBILE'"
+        properties:
+          - property: tier
+            expr: >
+              CASE WHEN c_acctbal > 5000
+              THEN 'high' ELSE 'low' END
+            op: set
+          - {property: source, value: warehouse, op: $once}
+          - {property: logins, value: 1, op: add}
+          - {property: since, value: 2024-03-01, op: once, type: date}
+        """,
+    )
+    assert mapping.id_column is None
+    assert mapping.filter == "c_acctbal >= 0 AND c_mktsegment <> 'AUTOMOBILE'"
+    tier, source, logins, since = mapping.properties
+    assert tier.expr == "CASE WHEN c_acctbal > 5000 THEN 'high' ELSE 'low' END"
+    assert (source.value, source.op, logins.value, since.value) == (
+        "warehouse",
+        "once",
+        1,
+        "2024-03-01",
+    )
+    assert mapping.columns == ["c_custkey", "c_acctbal", "c_mktsegment"]
+
+
+def test_source_key_describes_where_each_value_comes_from(tmp_path: Path) -> None:
+    """column:x, expr:SQL and value:JSON, so 1 and "1" differ and the property name does not
+    count (incremental sync keys a property's state by it)."""
+    mapping = load_yaml(
+        tmp_path,
+        """
+        distinct_id: id
+        properties:
+          - {column: email, property: mail, op: set}
+          - {property: low, expr: " lower(email) ", op: set}
+          - {property: a, value: 1, op: set}
+          - {property: b, value: "1", op: set}
+          - {property: c, value: true, op: set}
+        """,
+    )
+    assert [p.source_key for p in mapping.properties] == [
+        "column:email",
+        "expr:lower(email)",
+        "value:1",
+        'value:"1"',
+        "value:true",
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry,problem",
+    [
+        ("{column: a, expr: b, op: set}", "column, expr and value are alternatives"),
+        ("{column: a, value: 1, property: p, op: set}", "column, expr and value are alternatives"),
+        ("{op: set, property: p}", "each property needs one of column, expr or value"),
+        ("{expr: lower(a), op: set}", "property (the Fyno property name) is required with expr"),
+        ("{value: x, op: set}", "property (the Fyno property name) is required with value"),
+        ("{value: null, property: p, op: set}", "a constant cannot be null"),
+        ("{value: [1, 2], property: p, op: set}", "a constant is text, a number or true/false"),
+        ('{expr: "  ", property: p, op: set}', "is empty: write a polars SQL expression"),
+    ],
+)
+def test_each_property_has_exactly_one_source_and_a_name(
+    tmp_path: Path, entry: str, problem: str
+) -> None:
+    """The value's source is one of column, expr and value; property is needed without column."""
+    message = error_of(tmp_path, f"distinct_id: id\nproperties:\n  - {entry}\n")
+    assert "m.yaml:3: properties[0]" in message and problem in message
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        (
+            'distinct_id: id\nproperties:\n  - property: p\n    expr: "lower(a"\n    op: set\n',
+            "m.yaml:4: properties[0].expr: is not a polars SQL expression",
+        ),
+        (
+            "distinct_id: {expr: \"'u-' ||\"}\nproperties:\n  - {column: a, op: set}\n",
+            "m.yaml:1: distinct_id.expr: is not a polars SQL expression",
+        ),
+        (
+            'distinct_id: id\nfilter: "a = 1 AND"\nproperties:\n  - {column: a, op: set}\n',
+            "m.yaml:2: filter: is not a polars SQL expression",
+        ),
+        (
+            'distinct_id: {exprs: "a"}\nproperties:\n  - {column: a, op: set}\n',
+            "m.yaml:1: distinct_id.exprs: unknown key",
+        ),
+    ],
+)
+def test_sql_that_does_not_parse_is_refused_at_load_naming_line_and_key(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    """An expression polars cannot parse is a mapping error with its line and key path."""
+    assert where in error_of(tmp_path, text)
+
+
+def test_expressions_load_from_json_and_toml_with_their_lines(tmp_path: Path) -> None:
+    """JSON and TOML mappings take the same keys; a bad expression names its line there too."""
+    from_json = load_yaml(
+        tmp_path,
+        '{"distinct_id": {"expr": "lower(id)"}, "filter": "a <> \'x\'",\n'
+        ' "properties": [{"property": "p", "value": 2.5, "op": "add"}]}\n',
+        "m.json",
+    )
+    assert from_json.properties[0].source_key == "value:2.5"
+    message = error_of(
+        tmp_path,
+        'distinct_id = "id"\n\n[[properties]]\nproperty = "p"\nexpr = "lower("\nop = "set"\n',
+        "m.toml",
+    )
+    assert "m.toml:5: properties[0].expr: is not a polars SQL expression" in message
+
+
+def test_fingerprint_of_a_mapping_without_the_new_keys_is_unchanged() -> None:
+    """A mapping written before expressions existed keeps its fingerprint (so its chunk ids):
+    the hash of its keys as they were dumped then."""
+    mapping = Mapping.model_validate(
+        {"distinct_id": "user_id", "properties": [{"column": "email", "op": "set"}]}
+    )
+    before = {
+        "distinct_id": "user_id",
+        "properties": [
+            {
+                "column": "email",
+                "property": None,
+                "op": "set",
+                "type": None,
+                "split": None,
+                "on_null": "skip",
+                "on_too_long": "reject",
+                "format": None,
+            }
+        ],
+        "source": {
+            "delimiter": None,
+            "null_values": [""],
+            "encoding": "utf8",
+            "storage_options": {},
+        },
+    }
+    assert (
+        mapping.fingerprint()
+        == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"filter": "a <> 'x'"},
+        {"properties": [{"property": "email", "expr": "lower(email)", "op": "set"}]},
+        {"properties": [{"property": "email", "value": "x", "op": "set"}]},
+        {"distinct_id": {"expr": "user_id"}},
+    ],
+    ids=["filter", "expr", "value", "id-expr"],
+)
+def test_fingerprint_changes_with_an_expression_a_constant_or_a_filter(
+    change: dict[str, Any],
+) -> None:
+    """What a computed value or a filter changes in the items changes the fingerprint."""
+    base = {"distinct_id": "user_id", "properties": [{"column": "email", "op": "set"}]}
+    assert (
+        Mapping.model_validate({**base, **change}).fingerprint()
+        != Mapping.model_validate(base).fingerprint()
+    )
+
+
+def test_json_schema_knows_expr_value_and_filter() -> None:
+    """Editors accept expr, value, filter and distinct_id {expr}, and flag two sources of one
+    value and an expression without its property name."""
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(mapping_json_schema())
+    good = {
+        "distinct_id": {"expr": "'u-' || id"},
+        "filter": "a <> 'x'",
+        "properties": [
+            {"property": "p", "expr": "lower(a)", "op": "$set"},
+            {"property": "q", "value": 3, "op": "add"},
+            {"column": "a", "op": "set"},
+        ],
+    }
+    assert list(validator.iter_errors(good)) == []
+    for bad in (
+        {"column": "a", "expr": "b", "property": "p", "op": "set"},
+        {"expr": "b", "op": "set"},
+        {"property": "p", "value": None, "op": "set"},
+    ):
+        assert list(validator.iter_errors({**good, "properties": [bad]})), bad

@@ -188,3 +188,15 @@ def test_check_refuses_a_missing_column_and_a_bad_key(tmp_path: Path) -> None:
     )
     result = invoke("mapping", "check", bad)
     assert result.exit_code == 2 and f"{bad}:5" in result.stderr and "on_nul" in result.stderr
+
+
+def test_init_mentions_computed_values_and_the_filter_in_its_comments(tmp_path: Path) -> None:
+    """The starter mapping's comments point at expr, value and filter, and the file still loads
+    with only columns mapped."""
+    result = invoke("mapping", "init", SAMPLE_DATA / "users.csv")
+    assert result.exit_code == 0
+    comments = "\n".join(line for line in result.stdout.splitlines() if line.startswith("#"))
+    assert "expr:" in comments and "value:" in comments and "filter:" in comments
+    assert "CAST" in comments
+    mapping = load_mapping(write(tmp_path / "m.yaml", result.stdout))
+    assert mapping.filter is None and all(p.column for p in mapping.properties)

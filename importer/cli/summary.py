@@ -19,6 +19,8 @@ def _counts(summary: RunSummary) -> list[tuple[str, Any]]:
         ("rows valid", f"{summary.rows_valid:,}"),
         ("rows rejected", f"{summary.rows_rejected:,}"),
     ]
+    if summary.rows_filtered:
+        rows.append(("rows filtered out", f"{summary.rows_filtered:,}"))
     if summary.command == "validate" or summary.dry_run:
         return [
             *rows,

@@ -1,4 +1,5 @@
-"""The mapping file: which columns feed which Fyno property operators, and how.
+"""The mapping file: which columns (or expressions, or constants) feed which Fyno property
+operators, and how, and which rows are sent at all (``filter``).
 
 Owns the model of a mapping (``model``), reading a file into it with errors that name file, key
 and line (``loader``), and the tooling around it: starter mappings, checks and the generated key
@@ -10,6 +11,7 @@ from importer.mapping.model import (
     OPERATOR_KEYS,
     OPERATORS,
     SPLIT_OPERATORS,
+    ComputedId,
     Mapping,
     Operator,
     PropertySpec,
@@ -22,6 +24,7 @@ __all__ = [
     "OPERATORS",
     "OPERATOR_KEYS",
     "SPLIT_OPERATORS",
+    "ComputedId",
     "Mapping",
     "Operator",
     "PropertySpec",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from importer.errors import MappingError
-from importer.mapping.model import Mapping
+from importer.mapping.model import KeyLines, Mapping, key_path
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -114,13 +113,6 @@ def _toml_lines(text: str) -> dict[tuple[str | int, ...], int]:
     return lines
 
 
-def _format_loc(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def _describe(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -175,13 +167,14 @@ def load_mapping(path: Path | str) -> Mapping:
     data, lines = _parse_text(path, text)
     if not isinstance(data, dict):
         raise MappingError(f"{path}: a mapping file holds keys such as distinct_id and properties")
+    keys = KeyLines(str(path), lines)
     try:
-        return Mapping.model_validate(data)
+        mapping = Mapping.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-            where = f"{path}:{line}" if line else str(path)
-            problems.append(f"{where}: {_format_loc(loc)}: {_describe(dict(error))}")
+        problems = [
+            f"{keys.where(tuple(e['loc']))}: {key_path(e['loc'])}: {_describe(dict(e))}"
+            for e in exc.errors()
+        ]
         raise MappingError("invalid mapping\n  " + "\n  ".join(problems)) from None
+    mapping._lines = keys  # so that later checks against a source can name file and line
+    return mapping

@@ -16,7 +16,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import polars as pl
@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from importer.config.settings import Settings
 from importer.errors import SourceError
-from importer.mapping import Mapping, PropertySpec, SourceOptions, load_mapping
+from importer.mapping import ComputedId, Mapping, PropertySpec, SourceOptions, load_mapping
 from importer.sources import Format, Source, resolve_sources
 from importer.transform import Transformer
 
@@ -200,6 +200,10 @@ def starter_mapping(
         "#   append / remove (list items; with split: one per piece) | unset (clear)",
         "# and check the types: string | integer | number | boolean | date | datetime | list.",
         "# Empty cells are left out (on_null: skip); on_null: unset clears the property instead.",
+        '# Instead of column:, a property may be computed, e.g. expr: "lower(email)" (polars SQL',
+        "#   over the columns; CSV cells are text: CAST(x AS DOUBLE), or TRY_CAST, for numbers),",
+        "#   or a constant, e.g. value: warehouse; both need property: (the Fyno name).",
+        "# A top-level filter: \"plan <> 'test'\" sends only the rows for which it is true.",
         "# Every key is explained in docs/mapping.md; for completion in your editor:",
         "#   fyno-import mapping schema > fyno-import.schema.json",
         "# yaml-language-server: $schema=fyno-import.schema.json",
@@ -322,7 +326,14 @@ _SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     (
         "`properties:` entries",
         PropertySpec,
-        "Each entry maps one source column to one Fyno property through one operator.",
+        "Each entry sends one value to one Fyno property through one operator. The value comes "
+        "from exactly one of `column`, `expr` and `value`; `property` is required with the last "
+        "two.",
+    ),
+    (
+        "`distinct_id: {expr: …}`",
+        ComputedId,
+        "The id computed from the source's columns instead of read from one of them.",
     ),
     ("`source:`", SourceOptions, "How the sources are read; every key is optional."),
     (
@@ -333,7 +344,7 @@ _SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ),
 )
 _NESTED = {
-    "properties": ("list of property entries (below), at least one", "the mapped columns"),
+    "properties": ("list of property entries (below), at least one", "the mapped values"),
     "source": ("reader options (below)", "how the files are read"),
     "settings": ("run settings (below)", "defaults for `run` options"),
 }
@@ -341,6 +352,10 @@ _NESTED = {
 
 def _type_text(annotation: Any) -> str:
     origin = get_origin(annotation)
+    if origin is Annotated:
+        return _type_text(get_args(annotation)[0])
+    if annotation is ComputedId:
+        return "`{expr: …}` (below)"
     if origin is Literal:
         return " \\| ".join(f"`{value}`" for value in get_args(annotation))
     if origin in (Union, types.UnionType):
@@ -385,7 +400,7 @@ def reference_markdown() -> str:
     out = [
         BEGIN_MARK,
         "",
-        "This reference is generated from the mapping model (`importer/mapping.py`); "
+        "This reference is generated from the mapping model (`importer/mapping/model.py`); "
         "`fyno-import mapping schema` prints the same model as JSON Schema.",
     ]
     for title, model, intro in _SECTIONS:

@@ -5,6 +5,7 @@ Shared by both passes (validating, then building what is sent) and by ``preview`
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,16 +82,24 @@ def open_sources(
     return sources
 
 
+@contextlib.contextmanager
+def naming_the_source(source: Source) -> Iterator[None]:
+    """A MappingError names the file: with several sources, which one lacks a column, or holds
+    the value an expression fails on?"""
+    try:
+        yield
+    except MappingError as exc:
+        raise MappingError(f"{source.name}: {exc.message}", hint=exc.hint) from None
+
+
 def prepare(source: Source, mapping: Mapping, settings: Settings) -> Prepared:
     """Check that the source has what the mapping reads; its transformer and fingerprint."""
     columns = source.columns()
     schema = source.scan().collect_schema()
-    try:
+    with naming_the_source(source):
         transformer = Transformer(
             mapping, {c: schema[c] for c in columns}, max_batch_bytes=settings.max_batch_bytes
         )
-    except MappingError as exc:  # name the file: with several sources, which one lacks it?
-        raise MappingError(f"{source.name}: {exc.message}", hint=exc.hint) from None
     return Prepared(source=source, transformer=transformer, fingerprint=source.fingerprint())
 
 
@@ -152,9 +161,13 @@ def transformed(
     """Each batch with its transform result, in file order.
 
     Two batches are transformed at once: polars releases the GIL, so this keeps both cores
-    busy while memory stays bounded (at most ``TRANSFORM_AHEAD`` batches in flight).
+    busy while memory stays bounded (at most ``TRANSFORM_AHEAD`` batches in flight). An
+    expression of the mapping that fails on a batch is a MappingError naming the source.
     """
-    with ThreadPoolExecutor(max_workers=TRANSFORM_AHEAD, thread_name_prefix="transform") as pool:
+    with (
+        naming_the_source(prepared.source),
+        ThreadPoolExecutor(max_workers=TRANSFORM_AHEAD, thread_name_prefix="transform") as pool,
+    ):
         pending: deque[tuple[pl.DataFrame, Future[TransformResult]]] = deque()
         for batch in batches(prepared, shard, seen):
             pending.append((batch, pool.submit(prepared.transformer.apply, batch)))

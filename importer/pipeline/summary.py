@@ -41,6 +41,7 @@ class RunSummary:
     rows_read: int = 0
     rows_valid: int = 0
     rows_rejected: int = 0
+    rows_filtered: int = 0  # left out by the mapping's filter: neither valid nor rejected
     items_sent: int = 0
     bytes_sent: int = 0
     chunks_total: int = 0
@@ -67,11 +68,14 @@ class RunSummary:
 
     # -- what the stages add
 
-    def add_rows(self, per_source: SourceSummary, *, read: int, rejected: int, valid: int) -> None:
+    def add_rows(
+        self, per_source: SourceSummary, *, read: int, rejected: int, valid: int, filtered: int
+    ) -> None:
         """A batch of one source was validated."""
         per_source.rows_read += read
         per_source.rows_rejected += rejected
         self.rows_valid += valid
+        self.rows_filtered += filtered
 
     def total_rows(self) -> None:
         """Sum the per-source row counts into the totals."""

@@ -88,7 +88,11 @@ def _validate_source(
     for batch, result in transformed(item, options.shard, seen):
         writer.write(item.source.name, result.rejects)
         summary.add_rows(
-            per_source, read=batch.height, rejected=result.rejects.height, valid=result.rows_valid
+            per_source,
+            read=batch.height,
+            rejected=result.rejects.height,
+            valid=result.rows_valid,
+            filtered=result.rows_filtered,
         )
         summary.items_total += result.items.height
         for _ in chunker.add(result.items, index):
@@ -104,11 +108,17 @@ def _validate_source(
 
 
 def check_reject_rate(summary: RunSummary, settings: Settings) -> None:
-    """Stop before sending when more rows are invalid than --max-reject-rate allows."""
-    read, rejected = summary.rows_read, summary.rows_rejected
-    if read and rejected / read > settings.max_reject_rate:
+    """Stop before sending when more rows are invalid than --max-reject-rate allows.
+
+    The rate is a fraction of the rows the mapping's filter kept (valid + rejected): a row the
+    filter leaves out is neither, so a filter that drops most of a file cannot hide its bad rows.
+    """
+    rejected = summary.rows_rejected
+    kept = summary.rows_read - summary.rows_filtered
+    if kept and rejected / kept > settings.max_reject_rate:
+        of = f"{kept} rows the filter kept" if summary.rows_filtered else f"{kept} rows"
         raise RejectRateError(
-            f"{rejected} of {read} rows are invalid ({rejected / read:.1%}), over "
+            f"{rejected} of {of} are invalid ({rejected / kept:.1%}), over "
             f"--max-reject-rate {settings.max_reject_rate:g}; nothing was sent",
             hint=f"see the reasons in {summary.rejects}; fix the export or raise --max-reject-rate",
         )

@@ -11,11 +11,17 @@ Values are JSON-encoded by polars (``json_value``), so escaping is polars' own.
 
 A row becomes several items when it has ``append``/``remove`` columns with ``split``: item k
 carries the k-th piece of each such column, and the first item also carries every other operator.
+
+A value computed by an expression, or a constant, goes through exactly the same rules as a column
+(``inputs`` resolves where each value comes from). The mapping's ``filter`` drops rows before
+anything else is evaluated, so an expression never meets a row the filter left out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import polars as pl
@@ -23,6 +29,7 @@ import polars as pl
 from importer.errors import MappingError
 from importer.mapping import OPERATOR_KEYS, OPERATORS, Mapping, Operator, PropertySpec, ValueType
 from importer.sources import ROW
+from importer.transform.inputs import Inputs, resolve
 from importer.transform.values import (
     MAX_I64,
     MAX_STRING,
@@ -49,18 +56,20 @@ REJECT_SCHEMA = {ROW: pl.Int64, "column": pl.String, "reason": pl.String, "value
 
 @dataclass(frozen=True, slots=True)
 class TransformResult:
-    """One batch's valid items (in row, then piece order) and its rejected rows."""
+    """One batch's valid items (in row, then piece order), its rejected rows, and how many rows
+    the mapping's filter left out (neither valid nor rejected)."""
 
     items: pl.DataFrame  # ITEM_SCHEMA
     rejects: pl.DataFrame  # REJECT_SCHEMA
     rows_valid: int
+    rows_filtered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class _Check:
-    """One rule for one column: a cheap flag for every row, a reason only for rejected rows."""
+    """One rule for one value: a cheap flag for every row, a reason only for rejected rows."""
 
-    column: str
+    column: str  # the rejects file's `column`
     invalid: pl.Expr
     reason: pl.Expr
 
@@ -87,36 +96,39 @@ class Transformer:
         self.mapping = mapping
         self.schema = dict(schema)
         self.max_item_bytes = max_batch_bytes - BODY_OVERHEAD
-        missing = [c for c in mapping.columns if c not in self.schema]
+        plain = [mapping.id_column, *(spec.column for spec in mapping.properties)]
+        missing = list(dict.fromkeys(c for c in plain if c is not None and c not in self.schema))
         if missing:
             raise MappingError(
                 f"the mapping reads column(s) {', '.join(map(repr, missing))} that the source "
                 f"does not have; its columns are: {', '.join(self.schema)}"
             )
+        self.inputs: Inputs = resolve(mapping, self.schema)
         self.types = {
-            i: default_type(spec, self.schema[spec.column])
+            i: default_type(spec, self.inputs.properties[i].dtype)
             for i, spec in enumerate(mapping.properties)
         }
         for i, spec in enumerate(mapping.properties):
-            dtype = self.schema[spec.column]
+            dtype = self.inputs.properties[i].dtype
             if (
                 self.types[i] == "list"
                 and spec.split is None
                 and not isinstance(dtype, (pl.List, pl.Array))
             ):
                 raise MappingError(
-                    f"properties[{i}] (column {spec.column}): type list needs split: for a "
-                    f"{dtype} column (a list column in Parquet needs none)"
+                    f"properties[{i}] ({spec.label}): type list needs split: for a "
+                    f"{dtype} value (a list column in Parquet needs none)"
                 )
         self._columns = [self._column(spec, i) for i, spec in enumerate(mapping.properties)]
+        self._check_constants()
         self.spreading = any(c.pieces is not None for c in self._columns)
 
     # --- per-column expressions -----------------------------------------------------------
 
     def _column(self, spec: PropertySpec, index: int) -> _Column:
-        dtype = self.schema[spec.column]
+        source = self.inputs.properties[index]
+        dtype, raw = source.dtype, source.value
         vtype = self.types[index]
-        raw = pl.col(spec.column)
         name_json = _json_str(spec.target)
         is_null = raw.is_null()
         if dtype == pl.String and vtype != "string":
@@ -124,7 +136,7 @@ class Transformer:
         checks: list[_Check] = []
 
         def check(invalid: pl.Expr, reason: pl.Expr) -> None:
-            checks.append(_Check(spec.column, invalid, reason))
+            checks.append(_Check(source.name, invalid, reason))
 
         def check_pieces(split: pl.Expr, piece: Converted) -> None:
             """The row is invalid when any piece is; the reason is the first bad piece's."""
@@ -134,7 +146,7 @@ class Transformer:
         unset: list[pl.Expr] = []
         prepared: tuple[tuple[str, pl.Expr], ...] = ()
         if spec.on_null == "reject":
-            check(is_null, pl.lit(f"column {spec.column}: empty (on_null: reject)"))
+            check(is_null, pl.lit(f"{spec.label}: empty (on_null: reject)"))
         elif spec.on_null == "unset" and spec.op != "unset":
             unset.append(pl.when(is_null).then(pl.lit(name_json)))
 
@@ -146,7 +158,7 @@ class Transformer:
                 too_long = names.list.eval(pl.element().str.len_chars()).list.max() > MAX_STRING
                 check(
                     too_long,
-                    pl.lit(f"column {spec.column}: a property name is over 255 characters"),
+                    pl.lit(f"{spec.label}: a property name is over 255 characters"),
                 )
                 encoded = json_value(names).str.slice(1).str.head(-1)
                 unset.append(pl.when(names.list.len() > 0).then(encoded))
@@ -189,11 +201,23 @@ class Transformer:
             ),
         )
 
+    def _check_constants(self) -> None:
+        """A constant that breaks its own rules would reject every row: refuse the mapping."""
+        for column, source in zip(self._columns, self.inputs.properties, strict=True):
+            if column.spec.value is None or not column.checks:
+                continue
+            frame = pl.LazyFrame({ROW: [1]})
+            if column.prepared:
+                frame = frame.with_columns(e.alias(name) for name, e in column.prepared)
+            flags = [k.invalid.fill_null(False) for k in column.checks]
+            found = frame.select(_reasons(flags, column.checks)).collect().item()
+            if found:
+                raise MappingError(f"{source.where}: {found}")
+
     def _distinct_id(self) -> tuple[pl.Expr, list[_Check]]:
         """The id as a trimmed string, and the checks that reject an unusable one."""
-        name = self.mapping.distinct_id
-        dtype = self.schema[name]
-        raw = pl.col(name)
+        source = self.inputs.distinct_id
+        name, label, dtype, raw = source.name, source.label, source.dtype, source.value
         text: pl.Expr
         unusable: pl.Expr
         too_large: pl.Expr = pl.lit(False)
@@ -217,17 +241,17 @@ class Transformer:
             unusable = pl.lit(False)
         missing = raw.is_null() | (raw.cast(pl.String).str.strip_chars() == "")
         checks = [
-            _Check(name, missing, pl.lit(f"column {name}: distinct_id is empty")),
+            _Check(name, missing, pl.lit(f"{label}: distinct_id is empty")),
             _Check(
                 name,
                 ~missing & unusable,
-                reason_text(name, raw, "is not a usable distinct_id (not a whole number)"),
+                reason_text(label, raw, "is not a usable distinct_id (not a whole number)"),
             ),
             _Check(
                 name,
                 ~missing & too_large,
                 reason_text(
-                    name,
+                    label,
                     raw,
                     "is too large for a whole-number distinct_id (a float column holds it exactly "
                     "only below 2^63); export the id as text",
@@ -238,19 +262,53 @@ class Transformer:
         return pl.when(~empty).then(text), checks
 
     def distinct_ids(self, batch: pl.DataFrame) -> pl.Series:
-        """Each row's distinct_id exactly as it would be sent (null where it is unusable)."""
+        """Each row's distinct_id exactly as it would be sent (null where it is unusable, and
+        where the mapping's filter leaves the row out)."""
         distinct_id, checks = self._distinct_id()
         bad = pl.any_horizontal([c.invalid.fill_null(False) for c in checks])
-        return batch.select(pl.when(~bad).then(distinct_id).alias("distinct_id")).to_series()
+        keep, compute = self.inputs.keep, self.inputs.distinct_id.compute
+        with self._naming_failures(batch):
+            kept, rows = batch, None
+            if keep is not None:  # the id is computed only where the filter keeps the row
+                mask = batch.select(keep.value.fill_null(False)).to_series()
+                kept, rows = batch.filter(mask), mask.arg_true()
+            frame = kept.lazy() if compute is None else kept.lazy().with_columns(compute)
+            ids = frame.select(pl.when(~bad).then(distinct_id).alias("distinct_id")).collect()
+        if rows is None:
+            return ids.to_series()
+        blank = pl.Series("distinct_id", [None] * batch.height, dtype=pl.String)
+        return blank.scatter(rows, ids.to_series())
+
+    @contextlib.contextmanager
+    def _naming_failures(self, batch: pl.DataFrame) -> Iterator[None]:
+        """A polars error from an expression of the mapping becomes a MappingError naming it."""
+        try:
+            yield
+        except pl.exceptions.PolarsError:
+            problem = self.inputs.failing(batch)
+            if problem is None:
+                raise  # not the mapping's expressions: a failure of the transform itself
+            raise problem from None
 
     # --- a batch --------------------------------------------------------------------------
 
     def apply(self, batch: pl.DataFrame) -> TransformResult:
-        """Validate one batch of rows (with ``__row__``) and build the items of its valid rows."""
+        """Validate one batch of rows (with ``__row__``) and build the items of its valid rows;
+        rows the mapping's filter leaves out are only counted."""
+        with self._naming_failures(batch):
+            return self._apply(batch)
+
+    def _checked(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.Expr], list[_Check]]:
+        """The rows the filter keeps, with the id, a bad flag and the JSON fragments added."""
         distinct_id, id_checks = self._distinct_id()
         checks = [*id_checks, *(k for c in self._columns for k in c.checks)]
         flags = [k.invalid.fill_null(False) for k in checks]
         frame = batch.lazy()
+        if self.inputs.keep is not None:  # first, so no expression meets a row left out
+            frame = frame.filter(self.inputs.keep.value)
+        computed = self.inputs.computed()
+        if computed:  # each expression once, then read by the checks and the fragments
+            frame = frame.with_columns(computed)
         prepared = [e.alias(name) for c in self._columns for name, e in c.prepared]
         if prepared:  # parsed once, then read by both the checks and the JSON fragments
             frame = frame.with_columns(prepared)
@@ -259,6 +317,10 @@ class Transformer:
             distinct_id.alias("__id__"),
             *(e.alias(name) for name, e in self._parts()),
         ).collect()
+        return checked, flags, checks
+
+    def _apply(self, batch: pl.DataFrame) -> TransformResult:
+        checked, flags, checks = self._checked(batch)
         bad = checked.filter(pl.col("__bad__"))
         good = checked.filter(~pl.col("__bad__"))
         items = self._items(good)
@@ -268,11 +330,7 @@ class Transformer:
             pl.coalesce(
                 [pl.when(f).then(pl.lit(k.column)) for f, k in zip(flags, checks, strict=True)]
             ).alias("column"),
-            pl.concat_str(
-                [pl.when(f).then(k.reason) for f, k in zip(flags, checks, strict=True)],
-                separator="; ",
-                ignore_nulls=True,
-            ).alias("reason"),
+            _reasons(flags, checks).alias("reason"),
             _original_values(batch).alias("values"),
         )
         oversize = items.filter(pl.col("nbytes") > self.max_item_bytes)
@@ -284,7 +342,7 @@ class Transformer:
                 .join(too_big, on=ROW)
                 .select(
                     pl.col(ROW),
-                    pl.lit(self.mapping.distinct_id).alias("column"),
+                    pl.lit(self.inputs.distinct_id.name).alias("column"),
                     pl.format(
                         "the row's update is {} bytes of JSON, over the {} that --max-batch-bytes "
                         "allows",
@@ -299,6 +357,7 @@ class Transformer:
             items=items,
             rejects=rejects,
             rows_valid=good.height - (oversize[ROW].n_unique() if oversize.height else 0),
+            rows_filtered=batch.height - checked.height,
         )
 
     def _parts(self) -> list[tuple[str, pl.Expr]]:
@@ -375,6 +434,15 @@ class Transformer:
             .select(*ITEM_SCHEMA)
             .collect()
         )
+
+
+def _reasons(flags: list[pl.Expr], checks: list[_Check]) -> pl.Expr:
+    """Every rule a row breaks, its reasons joined by ``; `` (null for a valid row)."""
+    return pl.concat_str(
+        [pl.when(f).then(k.reason) for f, k in zip(flags, checks, strict=True)],
+        separator="; ",
+        ignore_nulls=True,
+    )
 
 
 def _json_str(text: str) -> str:

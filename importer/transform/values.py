@@ -23,7 +23,8 @@ _SHOWN = 60  # characters of a bad value quoted in a reason
 
 
 def default_type(spec: PropertySpec, dtype: pl.DataType | None) -> ValueType:
-    """The effective value type of a mapped column: its ``type``, else guessed from the column."""
+    """The effective value type of a mapped value: its ``type``, else guessed from its polars type
+    (a column's, an expression's result, a constant's)."""
     if spec.type is not None:
         return spec.type
     if spec.op == "add":
@@ -54,8 +55,9 @@ def _shown(value: pl.Expr) -> pl.Expr:
     return pl.when(text.str.len_chars() > _SHOWN).then(cut + "…").otherwise(cut)
 
 
-def reason_text(column: str, value: pl.Expr, problem: str) -> pl.Expr:
-    return pl.concat_str([pl.lit(f"column {column}: '"), _shown(value), pl.lit(f"' {problem}")])
+def reason_text(label: str, value: pl.Expr, problem: str) -> pl.Expr:
+    """Why a value is rejected: ``column c: 'abc' is not a number`` (the label names its source)."""
+    return pl.concat_str([pl.lit(f"{label}: '"), _shown(value), pl.lit(f"' {problem}")])
 
 
 def json_value(value: pl.Expr) -> pl.Expr:
@@ -165,7 +167,7 @@ def _convert_string(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> C
     too_long = text.str.len_chars() > MAX_STRING
     problem = pl.concat_str(
         [
-            pl.lit(f"column {spec.column}: "),
+            pl.lit(f"{spec.label}: "),
             text.str.len_chars().cast(pl.String),
             pl.lit(f" characters, over Fyno's {MAX_STRING} (or set on_too_long: truncate)"),
         ]
@@ -186,7 +188,7 @@ def _convert_numeric_column(
     else:
         ok, out = finite, number.cast(pl.String)
         problem = "is not a finite number"
-    return Converted(pl.when(ok).then(out), ~ok, reason_text(spec.column, value, problem))
+    return Converted(pl.when(ok).then(out), ~ok, reason_text(spec.label, value, problem))
 
 
 def _convert_number_text(
@@ -209,8 +211,8 @@ def _convert_number_text(
     separated = text.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
     reason = (
         pl.when(separated)
-        .then(reason_text(spec.column, value, problem + " (no thousands separators)"))
-        .otherwise(reason_text(spec.column, value, problem))
+        .then(reason_text(spec.label, value, problem + " (no thousands separators)"))
+        .otherwise(reason_text(spec.label, value, problem))
     )
     parsed, prepared = _prepare(parsed, scratch)
     invalid = value.is_not_null() & parsed.is_null()
@@ -229,7 +231,7 @@ def _convert_boolean(value: pl.Expr, dtype: pl.DataType, spec: PropertySpec) -> 
         .when(text.is_in(_FALSE))
         .then(pl.lit("false"))
     )
-    reason = reason_text(spec.column, value, "is not a boolean (true/false, yes/no, y/n, t/f, 1/0)")
+    reason = reason_text(spec.label, value, "is not a boolean (true/false, yes/no, y/n, t/f, 1/0)")
     return Converted(parsed, value.is_not_null() & parsed.is_null(), reason)
 
 
@@ -251,7 +253,7 @@ def _convert_temporal(
     kind = "date" if date_only else "datetime"
     layout = f" in format {spec.format}" if spec.format else " (ISO 8601, or set format:)"
     out = _quoted(stamp.dt.to_string("%Y-%m-%d")) if date_only else _quoted(_datetime_text(stamp))
-    reason = reason_text(spec.column, value, f"is not a {kind}{layout}")
+    reason = reason_text(spec.label, value, f"is not a {kind}{layout}")
     return Converted(out, value.is_not_null() & stamp.is_null(), reason, prepared)
 
 
@@ -259,7 +261,7 @@ def _convert_list(value: pl.Expr, spec: PropertySpec) -> Converted:
     """A Parquet list column (a split cell is handled by the caller)."""
     longest = value.list.eval(pl.element().cast(pl.String).str.len_chars()).list.max()
     too_long = longest.fill_null(0) > MAX_STRING
-    problem = f"column {spec.column}: a list element is over Fyno's {MAX_STRING} characters"
+    problem = f"{spec.label}: a list element is over Fyno's {MAX_STRING} characters"
     return Converted(pl.when(~too_long).then(json_value(value)), too_long, pl.lit(problem))
 
 
