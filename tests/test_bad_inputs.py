@@ -116,24 +116,23 @@ def test_header_only_is_exit_2_unless_allow_empty(tmp_path: Path) -> None:
     assert code == 0 and summary["rows_read"] == 0
 
 
-def test_row_with_too_many_fields_is_exit_2_naming_file_and_row(tmp_path: Path) -> None:
-    """A ragged row with an extra field stops validation naming the file and its row."""
-    source = _write(tmp_path / "ragged.csv", "id,name,n\nu1,a,1\nu2,b,2,extra\nu3,c,3\n")
-    code, summary, _, _ = _validate(tmp_path, source)
-    assert code == 2
-    assert "ragged.csv" in _error(summary) and "row 2" in _error(summary)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources.py reads a short row's missing cells as nulls without a word (reported)",
-)
 def test_row_with_too_few_fields_is_not_silently_read_as_nulls(tmp_path: Path) -> None:
-    """A ragged row missing a field is an error or a reject, like a row with an extra field."""
+    """A record missing a field is rejected, naming its field count and the header's, and the
+    rest of the file is read."""
     source = _write(tmp_path / "short.csv", "id,name,n\nu1,a,1\nu2,b\nu3,c,3\n")
     code, summary, rejected, _ = _validate(tmp_path, source)
-    named = code == 2 and "short.csv" in _error(summary) and "row 2" in _error(summary)
-    assert named or [r["row"] for r in rejected] == ["2"]
+    assert code == 1 and summary["rows_valid"] == 2
+    assert [(r["row"], r["column"]) for r in rejected] == [("2", "n")]
+    assert rejected[0]["reason"] == "the record has 2 field(s), the header has 3"
+
+
+def test_row_with_too_many_fields_is_rejected_and_the_rest_read(tmp_path: Path) -> None:
+    """A record with an extra field is rejected alone; the file is not stopped."""
+    source = _write(tmp_path / "long.csv", 'id,name,n\nu1,a,1\nu2,b,2,"x,y"\nu3,c,3\n')
+    code, summary, rejected, _ = _validate(tmp_path, source)
+    assert code == 1 and summary["rows_valid"] == 2
+    assert [(r["row"], r["column"]) for r in rejected] == [("2", "")]
+    assert rejected[0]["reason"] == "the record has 4 field(s), the header has 3"
 
 
 def test_unbalanced_quote_is_exit_2_naming_the_file(tmp_path: Path) -> None:
@@ -234,11 +233,20 @@ def test_a_10_mb_cell_is_rejected_with_its_length_and_the_rest_is_valid(tmp_path
 
 
 def test_blank_line_is_a_record_rejected_for_its_missing_id(tmp_path: Path) -> None:
-    """A blank line in the middle is counted and rejected (no id), not silently skipped."""
+    """A blank line in the middle is counted and rejected (a record of one field), not silently
+    skipped; with a one-column header it is a record without an id."""
     source = _write(tmp_path / "blank.csv", "id,name,n\nu1,a,1\n\nu2,b,many\n")
     code, summary, rejected, _ = _validate(tmp_path, source)
     assert code == 1 and summary["rows_read"] == 3
-    assert [(r["row"], r["column"]) for r in rejected] == [("2", "id"), ("3", "n")]
+    assert [(r["row"], r["column"]) for r in rejected] == [("2", "name"), ("3", "n")]
+    assert rejected[0]["reason"] == "the record has 1 field(s), the header has 3"
+    narrow = _write(tmp_path / "narrow.csv", "id\nu1\n\nu2\n")
+    one_column = _write(
+        tmp_path / "one.yaml",
+        "distinct_id: id\nproperties:\n  - {column: id, property: uid, op: set}\n",
+    )
+    _, _, rejected, _ = _validate(tmp_path, narrow, one_column)
+    assert [(r["row"], r["column"]) for r in rejected] == [("2", "id")]
 
 
 @pytest.mark.parametrize(
@@ -805,3 +813,36 @@ def test_random_csv_files_through_validate_lose_no_row(tmp_path: Path, seed: int
         original = json.loads(reject["values"])
         assert original["id"] == (record["id"] or None)  # the right record, by number
         assert reject["reason"]
+
+
+def test_a_short_row_never_unsets_what_the_file_did_not_mention(tmp_path: Path) -> None:
+    """End to end: with `on_null: unset`, a record missing its last field is rejected and sends
+    no $unset; the whole records around it land."""
+    mapping = _write(
+        tmp_path / "m.yaml",
+        "distinct_id: id\nproperties:\n  - {column: name, op: set}\n"
+        "  - {column: plan, op: set, on_null: unset}\n",
+    )
+    source = _write(tmp_path / "u.csv", "id,name,plan\nu1,Ada,pro\nu2,Bob\nu3,Cy,\n")
+    with emulator() as (server, _):
+        result = cli(
+            [
+                "run",
+                str(source),
+                "-m",
+                str(mapping),
+                "--json",
+                "--max-reject-rate",
+                "1",
+                "--ledger",
+                str(tmp_path / "l.db"),
+                "--rejects",
+                str(tmp_path / "r.csv"),
+            ],
+            base_url=server.url,
+        )
+        assert result.exit_code == 1, result.stderr
+        assert server.profile("u2", workspace=WORKSPACE) is None  # nothing sent for it
+        assert server.profile("u1", workspace=WORKSPACE) == {"name": "Ada", "plan": "pro"}
+        assert server.profile("u3", workspace=WORKSPACE) == {"name": "Cy"}
+        assert server.stats()["ops_applied"]["$unset"] == 1  # u3's empty plan, not u2's

@@ -15,7 +15,7 @@ from helpers import write
 from importer.cli import main
 from importer.errors import SourceError
 from importer.mapping import SourceOptions
-from importer.sources import ROW, Source, resolve_sources
+from importer.sources import RAGGED, RAGGED_COLUMN, ROW, Source, resolve_sources
 
 
 def names(sources: list[Source]) -> list[str]:
@@ -264,13 +264,28 @@ def test_an_empty_file_is_a_source_error(tmp_path: Path) -> None:
     assert f"{path}: the file is empty" in str(info.value)
 
 
-def test_a_ragged_row_is_named(tmp_path: Path) -> None:
-    """A record with more fields than the header is an error naming its row."""
+def test_ragged_records_are_marked_for_rejection_and_the_rest_read(tmp_path: Path) -> None:
+    """Records with more or fewer fields than the header are marked with why (for the rejects
+    file); the file is read to its end."""
     path = tmp_path / "a.csv"
-    path.write_text("id,x\n1,a\n2,b\n3,c,extra\n")
+    path.write_text('id,x,y\n1,a,b\n2,b\n3,c,d,"e,f"\n4,d,e\n')
+    rows = read_all(one(path))
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4"]
+    marks = [(r[ROW], r[RAGGED], r[RAGGED_COLUMN]) for r in rows if r[RAGGED] is not None]
+    assert marks == [
+        (2, "the record has 2 field(s), the header has 3", "y"),
+        (3, "the record has 4 field(s), the header has 3", ""),
+    ]
+
+
+def test_a_quote_inside_an_unquoted_value_is_refused_naming_its_row(tmp_path: Path) -> None:
+    """A bare quote inside a value (which the reader would misread) stops the file, naming the
+    row and how to quote it."""
+    path = tmp_path / "a.csv"
+    path.write_text('id,x\n1,a\n2,12" pipe\n3,c\n')
     with pytest.raises(SourceError) as info:
         read_all(one(path))
-    assert f"{path}: row 3: 3 fields where the header has 2" in str(info.value)
+    assert f"{path}: row 2: a quote stands inside an unquoted value" in str(info.value)
 
 
 def test_non_utf8_csv_names_line_and_byte_and_suggests_latin1(tmp_path: Path) -> None:

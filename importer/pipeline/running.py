@@ -23,7 +23,14 @@ from importer.ledger import Ledger, RunInfo, pack_chunk
 from importer.model import Chunk, ChunkStatus, RunStatus
 from importer.pipeline.building import SourceChunked, import_chunks
 from importer.pipeline.options import ImportOptions
-from importer.pipeline.reading import Prepared, close_all, open_sources, prepare_all
+from importer.pipeline.reading import (
+    Prepared,
+    close_all,
+    open_sources,
+    prepare,
+    prepare_all,
+    transformed,
+)
 from importer.pipeline.resume import (
     resumable_run,
     settle_stranded,
@@ -75,7 +82,7 @@ def _run_into_emulator(
 
 
 def _first_ids(options: ImportOptions, count: int) -> list[str]:
-    """The first ``count`` ids of the first source (for --emulator --show-profiles)."""
+    """The first ``count`` ids the import sent (for --emulator --show-profiles)."""
     if count <= 0:
         return []
     from importer.sources import resolve_sources
@@ -83,8 +90,13 @@ def _first_ids(options: ImportOptions, count: int) -> list[str]:
     sources, _ = resolve_sources(options.sources, options=options.mapping.source)
     if not sources:
         return []
-    frame = sources[0].scan().select(options.mapping.distinct_id).head(count * 4).collect()
-    ids = [str(v).strip() for v in frame.to_series().to_list() if v is not None and str(v).strip()]
+    prepared = prepare(sources[0], options.mapping, options.settings)
+    ids: list[str] = []
+    for _batch, result in transformed(prepared, options.shard):
+        ids += [i for i in dict.fromkeys(result.items["distinct_id"].to_list()) if i not in ids]
+        if len(ids) >= count:
+            break
+    close_all(sources)
     return ids[:count]
 
 

@@ -7,6 +7,23 @@ its properties, and nothing of items, chunks or sending.
 """
 
 from importer.sources.resolve import resolve_sources
-from importer.sources.source import REMOTE_SCHEMES, ROW, Format, Source, is_remote
+from importer.sources.source import (
+    RAGGED,
+    RAGGED_COLUMN,
+    REMOTE_SCHEMES,
+    ROW,
+    Format,
+    Source,
+    is_remote,
+)
 
-__all__ = ["REMOTE_SCHEMES", "ROW", "Format", "Source", "is_remote", "resolve_sources"]
+__all__ = [
+    "RAGGED",
+    "RAGGED_COLUMN",
+    "REMOTE_SCHEMES",
+    "ROW",
+    "Format",
+    "Source",
+    "is_remote",
+    "resolve_sources",
+]

@@ -170,6 +170,11 @@ def _chunks(url: str, options: dict[str, str]) -> Iterator[bytes]:
         raise SourceError(f"{url}: cannot read the object: {_first_line(exc)}") from None
 
 
+def object_blocks(url: str, options: dict[str, str]) -> Iterator[bytes]:
+    """The object's bytes, streamed in the store's blocks (never whole in memory)."""
+    yield from _chunks(url, options)
+
+
 def download_latin1_as_utf8(url: str, options: dict[str, str]) -> Path:
     """A local UTF-8 copy of a remote Latin-1 CSV, streamed block by block (never whole)."""
     import zlib

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -25,8 +25,15 @@ from importer.errors import EmptySourceError, SourceError
 from importer.mapping import SourceOptions
 from importer.sources.problems import locate_csv_problem, transcode_latin1
 
+if TYPE_CHECKING:
+    from importer.sources.records import RecordShape
+
 Format = Literal["csv", "parquet"]
 ROW = "__row__"
+# On a CSV batch holding records with another field count than the header: why (else null), and
+# the first column the record lacks (or "" when it has too many).
+RAGGED = "__ragged__"
+RAGGED_COLUMN = "__ragged_column__"
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "https://", "http://")
 _WINDOW_BATCHES = 4  # small row groups are read together, up to about this many batches
 
@@ -45,6 +52,7 @@ class Source:
     options: SourceOptions = field(default_factory=SourceOptions)
     _fingerprint: str | None = field(default=None, repr=False)
     _transcoded: Path | None = field(default=None, repr=False)
+    _ragged: pl.DataFrame | None = field(default=None, repr=False)
 
     @property
     def remote(self) -> bool:
@@ -135,6 +143,8 @@ class Source:
             infer_schema=False,
             null_values=list(self.options.null_values),
             missing_columns="insert",
+            # a record with extra fields is cut to the header's, and rejected by ragged_rows()
+            truncate_ragged_lines=True,
             storage_options=self.options.storage_options or None,
             glob=False,
         )
@@ -157,10 +167,12 @@ class Source:
                 # the row number is added per batch: in the plan it makes polars read further
                 # ahead of a slower consumer (measured on CSV)
                 plain = self._scan_parquet() if self.format == "parquet" else self._scan_csv()
+                ragged = self.ragged_rows() if self.format == "csv" else None
                 first = 1
                 for batch in plain.select(columns).collect_batches(chunk_size=batch_rows):
-                    yield batch.with_row_index(ROW, offset=first)
+                    numbered = batch.with_row_index(ROW, offset=first)
                     first += batch.height
+                    yield numbered if ragged is None else _mark_ragged(numbered, ragged)
                 return
             frame = self.scan().select([ROW, *columns])
             # polars' batch stream reads a Parquet file ahead of a slower consumer (measured:
@@ -173,6 +185,37 @@ class Source:
             raise
         except Exception as exc:
             raise self._read_error(exc) from None
+
+    def ragged_rows(self) -> pl.DataFrame | None:
+        """The CSV's records with another field count than the header, and why; None if none.
+
+        The whole file is scanned once (quote-aware, vectorised, ``records``) and the result is
+        kept for the second pass. A quote inside an unquoted value makes polars misread the
+        records after it, so such a file is refused, naming the row.
+        """
+        if self._ragged is None:
+            from importer.sources.records import scan_record_shapes
+
+            shape = scan_record_shapes(self._blocks(), delimiter=self.delimiter)
+            if not shape.is_cleanly_quoted:
+                row = int(shape.stray_quote_rows[0])
+                raise SourceError(
+                    f"{self.name}: {'the header' if row == 0 else f'row {row}'}: a quote stands "
+                    "inside an unquoted value, which the CSV reader would misread",
+                    hint='quote the whole value (write "12"" pipe" for 12" pipe) and export again',
+                )
+            self._ragged = _ragged_frame(shape, self.columns())
+        return self._ragged if self._ragged.height else None
+
+    def _blocks(self) -> Iterator[bytes]:
+        """The CSV's bytes (UTF-8), in blocks."""
+        if self.remote and self.options.encoding == "utf8":
+            from importer.sources.remote import object_blocks
+
+            return object_blocks(self.name, self.options.storage_options)
+        from importer.sources.records import file_blocks
+
+        return file_blocks(self._csv_path())
 
     def _parquet_windows(self, batch_rows: int) -> list[tuple[int, int]] | None:
         """(first row, rows) windows of whole row groups, from the footer; None for remote files."""
@@ -229,3 +272,26 @@ class Source:
                 hint="the file may be truncated or still being written; export it again",
             )
         return SourceError(f"{self.name}: cannot read the file: {text}")
+
+
+def _ragged_frame(shape: RecordShape, header: list[str]) -> pl.DataFrame:
+    """ROW, the reason and the first missing column of each ragged record (rare: a Python list
+    over those records only)."""
+    total = len(header)
+    fields = shape.bad_fields.tolist()
+    frame = pl.DataFrame(
+        {
+            ROW: pl.Series(shape.bad_rows, dtype=pl.UInt32),
+            "__fields": pl.Series(fields, dtype=pl.Int64),
+            RAGGED_COLUMN: pl.Series(
+                [header[n] if n < total else "" for n in fields], dtype=pl.String
+            ),
+        }
+    )
+    reason = pl.format("the record has {} field(s), the header has {}", "__fields", pl.lit(total))
+    return frame.select(ROW, reason.alias(RAGGED), RAGGED_COLUMN)
+
+
+def _mark_ragged(batch: pl.DataFrame, ragged: pl.DataFrame) -> pl.DataFrame:
+    """The batch with the ragged records' reasons joined on (null for whole records)."""
+    return batch.join(ragged, on=ROW, how="left", maintain_order="left")

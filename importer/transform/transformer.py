@@ -28,7 +28,7 @@ import polars as pl
 
 from importer.errors import MappingError
 from importer.mapping import OPERATOR_KEYS, OPERATORS, Mapping, Operator, PropertySpec, ValueType
-from importer.sources import ROW
+from importer.sources import RAGGED, RAGGED_COLUMN, ROW
 from importer.transform.inputs import Inputs, resolve
 from importer.transform.values import (
     MAX_I64,
@@ -320,6 +320,7 @@ class Transformer:
         return checked, flags, checks
 
     def _apply(self, batch: pl.DataFrame) -> TransformResult:
+        batch, ragged = _split_ragged(batch)
         checked, flags, checks = self._checked(batch)
         bad = checked.filter(pl.col("__bad__"))
         good = checked.filter(~pl.col("__bad__"))
@@ -353,6 +354,8 @@ class Transformer:
                 )
             )
             rejects = pl.concat([rejects, more]).sort(ROW)
+        if ragged is not None:
+            rejects = pl.concat([rejects, ragged]).sort(ROW)
         return TransformResult(
             items=items,
             rejects=rejects,
@@ -451,6 +454,29 @@ def _json_str(text: str) -> str:
 
 def _empty_to_null(text: pl.Expr) -> pl.Expr:
     return pl.when(text != "").then(text)
+
+
+def _split_ragged(batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The batch without its ragged CSV records, and their rejects (None when there are none).
+
+    A record with fewer or more fields than the header is rejected for that alone, before the
+    filter or any rule sees its padded (or cut) cells: with ``on_null: unset`` a short row would
+    otherwise clear properties the file never meant to touch.
+    """
+    if RAGGED not in batch.columns:
+        return batch, None
+    marked = pl.col(RAGGED).is_not_null()
+    ragged = batch.filter(marked)
+    rest = batch.filter(~marked).drop(RAGGED, RAGGED_COLUMN)
+    if not ragged.height:
+        return rest, None
+    rejects = ragged.select(
+        pl.col(ROW).cast(pl.Int64),
+        pl.col(RAGGED_COLUMN).alias("column"),
+        pl.col(RAGGED).alias("reason"),
+        _original_values(ragged).alias("values"),
+    )
+    return rest, rejects
 
 
 def _original_values(batch: pl.DataFrame) -> pl.Expr:
