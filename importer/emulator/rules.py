@@ -8,7 +8,8 @@ HTTP, faults, counters or where profiles are stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -53,11 +54,15 @@ class Checked:
     """A batch that passed the checks, with what its 202 answer and the counters need."""
 
     items: list[dict[str, Any]]
-    answers: list[bytes] = field(default_factory=list)  # one JSON object per item
-    carried: dict[tuple[str, ...], int] = field(default_factory=dict)  # operators -> items
-    valid: int = 0  # items with a valid distinct_id
-    refused: int = 0  # items answered "invalid distinct_id"
-    dropping: int = 0  # valid items holding a value dropped whatever the profile holds
+    answers: list[bytes]  # one JSON object per item
+    carried: dict[tuple[str, ...], int]  # operators -> items with a valid distinct_id
+    valid: int  # items with a valid distinct_id
+    dropping: int  # valid items holding a value dropped whatever the profile holds
+
+    @property
+    def refused(self) -> int:
+        """Items answered "invalid distinct_id"."""
+        return len(self.items) - self.valid
 
 
 # Answers per tuple of operators an item carried: a few dozen in practice, 1,957 at most.
@@ -76,60 +81,37 @@ def _answer(ops: tuple[str, ...], status: str) -> bytes:
 def check_batch(body: Any) -> Checked:
     """Check a whole batch body, raising ``BadRequest`` for any wrong shape; prepare its answer.
 
-    One pass with the checks written out, because this runs for every item of every request.
-    Values that are dropped whatever the profile holds (too long, null, a non-number $add) are
-    counted here, for the sink; applying counts drops again.
+    The hot path: every item passes here, so the common case is inline, with no call per item.
     """
-    if type(body) is not dict:
-        raise not_allowed("batch")
-    for key in body:
-        if key != "batch":
-            raise not_allowed(key)
-    batch = body.get("batch")
-    if type(batch) is not list:
-        raise not_allowed("batch")
-    checked = Checked(batch)
-    answers, carried, ok_answers = checked.answers, checked.carried, _OK_ANSWERS
-    max_string = MAX_STRING  # a local: looked up for every string value
+    batch = _batch_of(body)
+    answers: list[bytes] = []
+    valid_ops: list[tuple[str, ...]] = []  # counted once at the end, in C
+    ok_answers, max_string = _OK_ANSWERS, MAX_STRING  # locals: looked up for every item
+    dropping = 0
     for item in batch:
-        if type(item) is not dict:
-            raise not_allowed("batch")
-        action = item.get("action")
-        if type(action) is not dict:
-            raise not_allowed("action")
+        if type(item) is not dict or type(action := item.get("action")) is not dict:
+            raise _bad_item(item)
         if len(item) != 2 or "distinct_id" not in item:
-            for key in item:
-                if key != "action" and key != "distinct_id":
-                    raise not_allowed(key)
-        drops = False
+            _check_item_keys(item)
+        drops = False  # a value dropped whatever the profile holds: the sink counts it
         for op, values in action.items():
             if op == "$unset":
-                if type(values) is not list:
-                    raise not_allowed(op)
-                if not values:
-                    raise BadRequest(_EMPTY_UNSET)
+                if type(values) is not list or not values:
+                    raise _bad_unset(values)
                 for name in values:
                     if type(name) is not str:
                         raise not_allowed(op)
-                continue
-            if type(values) is not dict:
+            elif type(values) is not dict:
                 raise not_allowed(op)
-            if op == "$set" or op == "$once":
+            elif op == "$set" or op == "$once":
                 for value in values.values():
                     t = type(value)
                     if t is str:
                         if len(value) > max_string:
                             drops = True
                     elif t is list:
-                        for element in value:
-                            t = type(element)
-                            if t is str:
-                                if len(element) > max_string:
-                                    drops = True
-                            elif t is dict or t is list:
-                                raise not_allowed(op)
-                            elif t is not int and t is not float:
-                                drops = True
+                        if _list_drops(op, value):
+                            drops = True
                     elif t is dict:
                         raise not_allowed(op)
                     elif t is not int and t is not float and t is not bool:
@@ -150,14 +132,60 @@ def check_batch(body: Any) -> Checked:
         distinct_id = item.get("distinct_id")
         if type(distinct_id) is str and distinct_id:
             answers.append(ok_answers.get(ops) or _answer(ops, "ok"))
-            carried[ops] = carried.get(ops, 0) + 1
-            checked.valid += 1
+            valid_ops.append(ops)
             if drops:
-                checked.dropping += 1
+                dropping += 1
         else:
             answers.append(_answer(ops, INVALID_DISTINCT_ID))
-            checked.refused += 1
-    return checked
+    return Checked(batch, answers, Counter(valid_ops), len(valid_ops), dropping)
+
+
+def _batch_of(body: Any) -> list[Any]:
+    """The list under ``"batch"``, the body's only key."""
+    if type(body) is not dict:
+        raise not_allowed("batch")
+    for key in body:
+        if key != "batch":
+            raise not_allowed(key)
+    batch = body.get("batch")
+    if type(batch) is not list:
+        raise not_allowed("batch")
+    return batch
+
+
+def _bad_item(item: Any) -> BadRequest:
+    """The refusal of an item that is not an object, or whose action is not one."""
+    return not_allowed("action" if type(item) is dict else "batch")
+
+
+def _check_item_keys(item: dict[str, Any]) -> None:
+    """Refuse an item key other than distinct_id and action.
+
+    A missing distinct_id is no shape error: the item is answered "invalid distinct_id".
+    """
+    for key in item:
+        if key != "action" and key != "distinct_id":
+            raise not_allowed(key)
+
+
+def _bad_unset(names: Any) -> BadRequest:
+    """The refusal of an $unset that is not a list, or an empty one."""
+    return not_allowed("$unset") if type(names) is not list else BadRequest(_EMPTY_UNSET)
+
+
+def _list_drops(op: str, value: list[Any]) -> bool:
+    """Check a list given to $set / $once; return whether it will be dropped."""
+    drops = False
+    for element in value:
+        t = type(element)
+        if t is str:
+            if len(element) > MAX_STRING:
+                drops = True
+        elif t is dict or t is list:
+            raise not_allowed(op)
+        elif t is not int and t is not float:
+            drops = True
+    return drops
 
 
 def single_as_batch(operator: str, body: Any) -> Checked:
@@ -228,7 +256,8 @@ def apply_items(profiles: dict[str, dict[str, Any]], items: list[dict[str, Any]]
 def apply_action(props: dict[str, Any], action: dict[str, Any]) -> bool:
     """Apply one checked item's operators to its profile; return whether a value was dropped.
 
-    Strings and numbers take the short paths written inline: they are nearly every value.
+    Strings and numbers take the short paths written inline: they are nearly every value. The
+    list operators, rarer, have helpers, called only when the item carries them.
     """
     dropped = False
     values = action.get("$set")
@@ -265,33 +294,11 @@ def apply_action(props: dict[str, Any], action: dict[str, Any]) -> bool:
             else:
                 dropped = True
     values = action.get("$append")
-    if values is not None:
-        for name, value in values.items():
-            t = type(value)
-            if not ((t is str and len(value) <= MAX_STRING) or t is int or t is float):
-                dropped = True
-                continue
-            old = props.get(name)
-            if old is None:
-                props[name] = [value]
-            elif type(old) is list:
-                if value not in old:  # lists keep unique values
-                    old.append(value)
-            else:
-                dropped = True
+    if values is not None and _append(props, values):
+        dropped = True
     values = action.get("$remove")
-    if values is not None:
-        for name, value in values.items():
-            t = type(value)
-            old = props.get(name)
-            if not ((t is str and len(value) <= MAX_STRING) or t is int or t is float):
-                dropped = True
-            elif old is None:
-                pass  # a missing profile or property is ignored
-            elif type(old) is not list:
-                dropped = True
-            elif value in old:
-                old.remove(value)
+    if values is not None and _remove(props, values):
+        dropped = True
     names = action.get("$unset")
     if names is not None:
         for name in names:
@@ -313,3 +320,39 @@ def _storable(value: Any) -> Any:
                 return _DROP
         return list(dict.fromkeys(value))  # lists keep unique values, first occurrence wins
     return _DROP  # null
+
+
+def _append(props: dict[str, Any], values: dict[str, Any]) -> bool:
+    """$append: add each value to its list, once; return whether one was dropped."""
+    dropped = False
+    for name, value in values.items():
+        t = type(value)
+        if not ((t is str and len(value) <= MAX_STRING) or t is int or t is float):
+            dropped = True
+            continue
+        old = props.get(name)
+        if old is None:
+            props[name] = [value]
+        elif type(old) is list:
+            if value not in old:  # lists keep unique values
+                old.append(value)
+        else:
+            dropped = True
+    return dropped
+
+
+def _remove(props: dict[str, Any], values: dict[str, Any]) -> bool:
+    """$remove: take each value out of its list; return whether one was dropped."""
+    dropped = False
+    for name, value in values.items():
+        t = type(value)
+        old = props.get(name)
+        if not ((t is str and len(value) <= MAX_STRING) or t is int or t is float):
+            dropped = True
+        elif old is None:
+            pass  # a missing profile or property is ignored
+        elif type(old) is not list:
+            dropped = True
+        elif value in old:
+            old.remove(value)
+    return dropped
