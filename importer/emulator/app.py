@@ -3,7 +3,7 @@
 Owns ``Emulator`` (config, store, counters, fault draws, the requests in flight), the order of a
 write request's steps (key, rate limit, failure, latency, checks, applying, dropped answer),
 Fyno's error bodies and ``create_app``. Leans on ``rules`` for what a request means, ``stores``
-for where profiles live and ``faults`` for misbehaving; knows nothing of uvicorn or threads.
+for where profiles live and ``faults`` for misbehaving; knows nothing of uvicorn.
 
 All requests run on the server's event loop, and each is checked and applied synchronously
 between two awaits, which makes it atomic towards the others; the lock guards store and

@@ -44,12 +44,14 @@ class _UvicornServer(uvicorn.Server):
         self._on_started = on_started
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does, then report that connections are accepted."""
         await super().startup(sockets=sockets)
         if self.started:
             self._on_started()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        """Leave signal handlers alone."""
         # In a thread uvicorn ignores signals anyway; in `serve` we install our own handlers,
         # because uvicorn re-raises the signal after shutting down, which would kill the CLI.
         yield
