@@ -34,6 +34,8 @@ from importer.transform import BODY_OVERHEAD
 
 CHUNKER = "import-order-v2"  # the cutting rule: part of every chunk id
 SOURCE = "__src__"
+STATE_SOURCE = -1  # the source index of items made from the sync state (--missing unset)
+STATE_SOURCE_NAME = "(profiles missing from this import)"
 _KEY_SEED = 0x5EED  # within one process only: which chunks share a profile
 
 
@@ -44,6 +46,7 @@ class ChunkSettings:
     batch_size: int = config.DEFAULT_BATCH_SIZE
     max_batch_bytes: int = config.DEFAULT_MAX_BATCH_BYTES
     shard: config.Shard | None = None
+    sync: str | None = None  # --changed-only: the state (and mode) the chunks are cut against
 
     def key(self) -> str:
         """A hash of the settings and of the cutting rule."""
@@ -52,6 +55,7 @@ class ChunkSettings:
             "max_batch_bytes": self.max_batch_bytes,
             "shard": list(self.shard) if self.shard else None,
             "chunker": CHUNKER,
+            "sync": self.sync,
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -120,6 +124,9 @@ class Chunker:
     @functools.cached_property
     def _id_prefix(self) -> str:
         return f"{self.import_key}|{self.settings.key()}|"
+
+    def _name(self, index: int) -> str:
+        return STATE_SOURCE_NAME if index == STATE_SOURCE else self.sources[index]
 
     def chunk_id(self, seq: int) -> str:
         """The deterministic id of the import's seq-th chunk."""
@@ -199,7 +206,7 @@ class Chunker:
                 rows_json=b"[" + part["rows"].encode() + b"]",
                 ids_json=b"[" + part["ids"].encode() + b"]",
                 sources=runs,
-                source=self.sources[runs[0][0]],
+                source=self._name(runs[0][0]),
                 first_row=int(part["first_row"]),
                 last_row=int(part["last_row"]),
                 has_add=bool(part["has_add"]),

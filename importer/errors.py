@@ -11,8 +11,13 @@
     │   ├── LedgerCorruptError     not a ledger, or damaged
     │   ├── LedgerSchemaError      written by a newer fyno-import
     │   └── RunConflictError       unfinished run with other settings, or all imported
+    ├── StateError                 the sync state cannot be used          (exit 2)
+    │   ├── StateLockedError       another run holds it
+    │   └── StateMismatchError     written for another base URL, workspace, version or shard
     ├── LedgerWriteError           a record could not be written          (exit 3)
+    ├── StateWriteError            the sync state could not be written    (exit 3)
     ├── RejectRateError            too many invalid rows                  (exit 3)
+    ├── MissingRateError           too many profiles missing (--missing unset) (exit 3)
     ├── AuthError                  the API refused the key (401/403)      (exit 3)
     └── InterruptedRun             Ctrl-C or SIGTERM                      (exit 3)
 
@@ -74,6 +79,30 @@ class LedgerSchemaError(LedgerError):
 
 class RunConflictError(LedgerError):
     """An unfinished run has other settings, or every source is already imported."""
+
+
+class StateError(ImporterError):
+    """The incremental-sync state cannot be used (unreadable, damaged, of a newer format)."""
+
+
+class StateLockedError(StateError):
+    """Another run holds the state."""
+
+
+class StateMismatchError(StateError):
+    """The state was written for another base URL, workspace, version or shard."""
+
+
+class StateWriteError(ImporterError):
+    """The state could not be written at the end: it was not advanced (nothing is lost)."""
+
+    exit_code = 3
+
+
+class MissingRateError(ImporterError):
+    """More of the state's profiles are missing from the import than --max-missing-rate allows."""
+
+    exit_code = 3
 
 
 class LedgerWriteError(ImporterError):

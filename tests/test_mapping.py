@@ -444,6 +444,9 @@ def test_settings_are_read(tmp_path: Path) -> None:
           timeout: 3.5
           max_reject_rate: 0.5
           allow_empty: true
+          changed_only: true
+          missing: unset
+          max_missing_rate: 0.2
         """,
     )
     assert mapping.settings.model_dump() == {
@@ -455,6 +458,9 @@ def test_settings_are_read(tmp_path: Path) -> None:
         "timeout": 3.5,
         "max_reject_rate": 0.5,
         "allow_empty": True,
+        "changed_only": True,
+        "missing": "unset",
+        "max_missing_rate": 0.2,
     }
 
 

@@ -9,21 +9,16 @@ import http.server
 import io
 import json
 import re
-import socket
-import subprocess
-import sys
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import polars as pl
 import pytest
 from click.testing import CliRunner
 from helpers import MAPPINGS, SAMPLE_DATA, write
+from moto_helpers import KEY, Bucket, bucket, free_port, moto_url  # noqa: F401  (fixtures)
 
 from importer.cli import main
 from importer.emulator import EmulatorConfig, EmulatorServer
@@ -31,83 +26,8 @@ from importer.errors import SourceError
 from importer.sources import resolve_sources
 
 MAPPING = MAPPINGS / "nightly_export.yaml"
-KEY = "test-key-do-not-print"
 # summary fields that name where things are, not what was imported
 _WHERE = {"run_id", "elapsed_s", "ledger", "rejects", "sources"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """A moto S3 server on a free loopback port for this module; stopped at the end."""
-    port = _free_port()
-    moto = Path(sys.executable).parent / "moto_server"
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def bucket(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A fresh bucket on the moto server, with the AWS variables polars and obstore read."""
-    env = {
-        "AWS_ENDPOINT_URL": moto_url,
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("FYNO_API_KEY", KEY)
-    monkeypatch.setenv("FYNO_WORKSPACE_ID", "ws")
-    client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
-    name = f"exports-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    return _Bucket(client, name)
-
-
-class _Bucket:
-    """A test bucket: upload helpers and its s3:// URL."""
-
-    def __init__(self, client: Any, name: str) -> None:
-        self.client, self.name = client, name
-
-    def put(self, key: str, data: bytes | Path) -> str:
-        """Upload bytes or a file; return its s3:// URL."""
-        body = data.read_bytes() if isinstance(data, Path) else data
-        self.client.put_object(Bucket=self.name, Key=key, Body=body)
-        return self.url(key)
-
-    def url(self, key: str = "") -> str:
-        """The s3:// URL of a key (or of the bucket)."""
-        return f"s3://{self.name}/{key}"
 
 
 def invoke(*args: str | Path) -> tuple[int, dict[str, Any], str]:
@@ -151,7 +71,7 @@ def rejects_without_source(path: Path) -> list[tuple[Any, ...]]:
     return sorted(frame.drop("source").rows())
 
 
-def test_s3_parquet_and_csv_import_like_local_files(bucket: _Bucket, tmp_path: Path) -> None:
+def test_s3_parquet_and_csv_import_like_local_files(bucket: Bucket, tmp_path: Path) -> None:
     """Objects on S3 import with the same summary, rejects and profiles as the local files,
     and a second run is refused as already imported (exit 2)."""
     local = [str(SAMPLE_DATA / "users.parquet"), str(SAMPLE_DATA / "users.csv")]
@@ -183,7 +103,7 @@ def test_s3_parquet_and_csv_import_like_local_files(bucket: _Bucket, tmp_path: P
         assert "already imported" in second["error"] and summary["run_id"] in second["error"]
 
 
-def test_a_reuploaded_object_is_still_recognised(bucket: _Bucket, tmp_path: Path) -> None:
+def test_a_reuploaded_object_is_still_recognised(bucket: Bucket, tmp_path: Path) -> None:
     """The fingerprint follows ETag and size, not the key: the same bytes under another key are
     already imported; changed bytes are a new source."""
     first = bucket.put("day1/users.csv", SAMPLE_DATA / "users.csv")
@@ -200,7 +120,7 @@ def test_a_reuploaded_object_is_still_recognised(bucket: _Bucket, tmp_path: Path
 
 
 def test_an_s3_glob_and_a_prefix_read_like_a_local_directory(
-    bucket: _Bucket, tmp_path: Path
+    bucket: Bucket, tmp_path: Path
 ) -> None:
     """`s3://b/p/*.csv` and `s3://b/p/` take the matching objects of that level in name order;
     markers and other suffixes are ignored with a notice, sub-prefixes are not searched."""
@@ -241,7 +161,7 @@ def test_an_s3_glob_and_a_prefix_read_like_a_local_directory(
 
 
 def test_storage_options_in_the_mapping_replace_the_environment(
-    bucket: _Bucket, moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bucket: Bucket, moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Credentials and endpoint given in `source: storage_options:` work with no AWS variables."""
     url = bucket.put("x/users.parquet", SAMPLE_DATA / "users.parquet")
@@ -261,7 +181,7 @@ def test_storage_options_in_the_mapping_replace_the_environment(
     assert summary["rows_read"] == 3000
 
 
-def test_a_remote_latin1_csv_is_transcoded(bucket: _Bucket, tmp_path: Path) -> None:
+def test_a_remote_latin1_csv_is_transcoded(bucket: Bucket, tmp_path: Path) -> None:
     """`encoding: latin1` applies to an object too: the bytes are transcoded, not misread."""
     url = bucket.put("l/users.csv", "user_id,city\nu-1,Köln\nu-2,Malmö\n".encode("latin-1"))
     mapping = write(
@@ -281,7 +201,7 @@ def test_a_remote_latin1_csv_is_transcoded(bucket: _Bucket, tmp_path: Path) -> N
     assert '"city": "Köln"' in err and '"city": "Malmö"' in err
 
 
-def test_a_missing_object_or_bucket_is_exit_2_naming_it(bucket: _Bucket, tmp_path: Path) -> None:
+def test_a_missing_object_or_bucket_is_exit_2_naming_it(bucket: Bucket, tmp_path: Path) -> None:
     """A URL that names nothing stops the command with exit 2 and the URL, not a traceback."""
     for url in (bucket.url("nope/users.csv"), "s3://no-such-bucket-here/users.csv"):
         code, summary, err = invoke("validate", url, "-m", MAPPING, "--json")

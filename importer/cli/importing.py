@@ -113,6 +113,39 @@ def import_options(sources: tuple[str, ...], mapping_path: Path, **given: Any) -
 @click.option(
     "--shard", default=None, metavar="K/N", help="Only profiles whose id falls in shard K of N."
 )
+@click.option(
+    "--changed-only",
+    is_flag=True,
+    default=None,
+    help="Send, per profile and property, only what changed since the last delivery to this "
+    "target (incremental sync; see docs/operations.md).",
+)
+@click.option(
+    "--state",
+    default=None,
+    metavar="PATH",
+    help=f"With --changed-only: the sync state, a directory or an s3://, gs://, az:// prefix "
+    f"[default: {config.DEFAULT_STATE}/, one per shard; temporary with --emulator].",
+)
+@click.option(
+    "--full-resync",
+    is_flag=True,
+    help="With --changed-only: send everything, as a full import does, and rewrite the state.",
+)
+@click.option(
+    "--missing",
+    type=click.Choice(config.MISSING_MODES),
+    default=None,
+    help="With --changed-only: profiles in the state that the import no longer has are kept, "
+    "or get an $unset of what this tool set [default: keep].",
+)
+@click.option(
+    "--max-missing-rate",
+    type=float,
+    default=None,
+    help="With --missing unset: stop before sending (exit 3) if a larger fraction of the state's "
+    f"profiles is missing [default: {config.DEFAULT_MAX_MISSING_RATE:g}].",
+)
 @opt.format_opt
 @opt.json_opt
 @opt.output_options
@@ -144,6 +177,9 @@ def _run_options(args: dict[str, Any]) -> ImportOptions:
             "timeout",
             "max_reject_rate",
             "allow_empty",
+            "changed_only",
+            "missing",
+            "max_missing_rate",
         )
     }
     target = None
@@ -164,6 +200,8 @@ def _run_options(args: dict[str, Any]) -> ImportOptions:
         target=target,
         emulator=args["emulator"],
         show_profiles=args["show_profiles"],
+        state=args["state"],
+        full_resync=args["full_resync"],
     )
 
 

@@ -27,6 +27,7 @@ def _counts(summary: RunSummary) -> list[tuple[str, Any]]:
             ("items to send", f"{summary.items_total:,}"),
             ("chunks to send", f"{summary.chunks_total:,}"),
             ("bytes to send", f"{summary.bytes_total:,}"),
+            *_sync_counts(summary),
         ]
     rows += [
         ("items sent", f"{summary.items_sent:,}"),
@@ -40,6 +41,23 @@ def _counts(summary: RunSummary) -> list[tuple[str, Any]]:
     ]
     if summary.profiles_superseded is not None:
         rows.append(("profiles superseded", f"{summary.profiles_superseded:,}"))
+    return rows + _sync_counts(summary)
+
+
+def _sync_counts(summary: RunSummary) -> list[tuple[str, Any]]:
+    """The lines of --changed-only: what changed, what it saved, where the state is."""
+    if summary.state is None:
+        return []
+    saved = max(0, summary.chunks_full - summary.chunks_total)
+    rows: list[tuple[str, Any]] = [
+        ("rows unchanged", f"{summary.rows_unchanged:,}"),
+        ("profiles changed", f"{summary.profiles_changed:,}"),
+        ("requests saved", f"{saved:,} of {summary.chunks_full:,}"),
+    ]
+    if summary.profiles_missing:
+        rows.append(("profiles missing", f"{summary.profiles_missing:,}"))
+    advanced = {True: "", False: " (not advanced: the next run sends these again)", None: ""}
+    rows.append(("state", summary.state + advanced[summary.state_advanced]))
     return rows
 
 

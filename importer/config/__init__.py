@@ -20,6 +20,8 @@ DEFAULT_RATE_LIMIT: Final = 0.0
 DEFAULT_MAX_RETRIES: Final = 6
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_REJECT_RATE: Final = 0.05
+DEFAULT_MAX_MISSING_RATE: Final = 0.05
+MISSING_MODES: Final = ("keep", "unset")
 
 # --- where requests go
 DEFAULT_BASE_URL: Final = "https://api.fyno.io"
@@ -33,6 +35,7 @@ ENV_BASE_URL: Final = "FYNO_BASE_URL"
 # --- files in the working directory
 DEFAULT_LEDGER: Final = "fyno-import.ledger.db"
 DEFAULT_REJECTS: Final = "fyno-import.rejects.csv"
+DEFAULT_STATE: Final = "fyno-import.state"
 
 Shard = tuple[int, int]  # (K, N): shard K of N, K from 1
 
@@ -42,3 +45,10 @@ def default_ledger_path(shard: Shard | None = None) -> Path:
     if shard:
         return Path(f"fyno-import.shard-{shard[0]}-of-{shard[1]}.ledger.db")
     return Path(DEFAULT_LEDGER)
+
+
+def default_state_path(shard: Shard | None = None) -> str:
+    """``fyno-import.state/``, or ``fyno-import.shard-K-of-N.state/`` with a shard."""
+    if shard:
+        return f"fyno-import.shard-{shard[0]}-of-{shard[1]}.state"
+    return DEFAULT_STATE

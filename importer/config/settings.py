@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -40,6 +40,17 @@ class Settings(BaseModel):
         float, Field(ge=0, le=1, description="largest invalid fraction before sending stops")
     ] = config.DEFAULT_MAX_REJECT_RATE
     allow_empty: Annotated[bool, Field(description="no files or no rows is not an error")] = False
+    changed_only: Annotated[
+        bool, Field(description="send only what changed since the last delivery (incremental sync)")
+    ] = False
+    missing: Annotated[
+        Literal["keep", "unset"],
+        Field(description="with changed_only: profiles no longer in the import are kept or unset"),
+    ] = "keep"
+    max_missing_rate: Annotated[
+        float,
+        Field(ge=0, le=1, description="with missing unset: most missing fraction before stopping"),
+    ] = config.DEFAULT_MAX_MISSING_RATE
 
 
 def merge_settings(base: Settings | None = None, **given: Any) -> Settings:

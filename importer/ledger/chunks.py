@@ -339,6 +339,25 @@ class ChunksMixin(Store):
                     first[pid] = sent_at
         return first
 
+    def ids_not_accepted(self, run_id: str) -> Iterator[list[str]]:
+        """The distinct_ids of each chunk of the run that was not accepted, chunk by chunk."""
+        with self._reading() as conn:
+            keys = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT chunk_id FROM chunks WHERE run_id = ? AND status != ?",
+                    (run_id, _ACCEPTED),
+                )
+            ]
+        for chunk_id in keys:
+            with self._reading() as conn:
+                row = conn.execute(
+                    "SELECT ids_z FROM chunks WHERE run_id = ? AND chunk_id = ?",
+                    (run_id, chunk_id),
+                ).fetchone()
+            if row is not None and row[0] is not None:
+                yield list(decode_z(row[0]))
+
     def _chunk_status(self, conn: sqlite3.Connection, run_id: str, chunk_id: str) -> ChunkStatus:
         self._run_exists(conn, run_id)
         row = conn.execute(

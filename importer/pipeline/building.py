@@ -7,7 +7,9 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from importer.chunker import Chunker
+import polars as pl
+
+from importer.chunker import STATE_SOURCE, Chunker
 from importer.events import NullReporter, Reporter, RowsRead
 from importer.model import Chunk
 from importer.pipeline.options import ImportOptions
@@ -26,41 +28,81 @@ class SourceChunked:
 
 def import_key(fingerprints: Sequence[str], mapping_hash: str) -> str:
     """What identifies the import in its chunk ids: the sent sources' contents in order and the
-    mapping (the chunk settings, shard included, are added by the chunker)."""
+    mapping (the chunk settings, shard and sync state included, are added by the chunker)."""
     data = json.dumps({"sources": list(fingerprints), "mapping": mapping_hash})
     return hashlib.sha256(data.encode()).hexdigest()
 
 
 def new_chunker(
-    todo: Sequence[tuple[int, Prepared]], options: ImportOptions, *, build_bodies: bool
+    todo: Sequence[tuple[int, Prepared]],
+    options: ImportOptions,
+    *,
+    build_bodies: bool,
+    sync: str | None = None,
 ) -> Chunker:
-    """The chunker of an import of these (index, source) pairs."""
+    """The chunker of an import of these (index, source) pairs (cut against ``sync``)."""
     names = {index: p.source.name for index, p in todo}
     return Chunker(
         import_key=import_key([p.fingerprint for _, p in todo], options.mapping.fingerprint()),
-        settings=options.chunk_settings(),
+        settings=options.chunk_settings(sync),
         sources=[names.get(i, "") for i in range(max(names, default=-1) + 1)],
         build_bodies=build_bodies,
     )
 
 
+@dataclass(frozen=True)
+class ChangedOnly:
+    """What --changed-only sends: the properties ``keep`` names (None: everything), then the
+    $unset items of profiles the import no longer has."""
+
+    key: str  # the state (and mode) the chunks are cut against
+    keep: pl.DataFrame | None
+    missing_items: pl.DataFrame
+
+
+@dataclass
+class BuildCounts:
+    """What pass 2 counted on the way."""
+
+    rows_unchanged: int = 0
+    chunks: int = 0
+    items: int = 0
+    bytes: int = 0
+
+
 def import_chunks(
-    todo: Sequence[tuple[int, Prepared]], options: ImportOptions, reporter: Reporter
+    todo: Sequence[tuple[int, Prepared]],
+    options: ImportOptions,
+    reporter: Reporter,
+    *,
+    changed: ChangedOnly | None = None,
+    counts: BuildCounts | None = None,
+    build_bodies: bool = True,
 ) -> Iterator[Chunk | SourceChunked]:
     """Every chunk of the import in order, and after each source where its items went."""
-    chunker = new_chunker(todo, options, build_bodies=True)
+    chunker = new_chunker(
+        todo, options, build_bodies=build_bodies, sync=changed.key if changed else None
+    )
+    counts = counts if counts is not None else BuildCounts()
+    keep = changed.keep if changed else None
     for index, prepared in todo:
         first: int | None = None
-        for batch, result in transformed(prepared, options.shard):
+        for batch, result in transformed(prepared, options.shard, keep=keep):
             if first is None and result.items.height:
                 first = chunker.open_seq
+            counts.rows_unchanged += result.rows_unchanged
+            counts.items += result.items.height
             yield from chunker.add(result.items, index)
             reporter.emit(RowsRead(batch.height))
         last = None
         if first is not None:
             last = chunker.open_seq if chunker.open_items else chunker.open_seq - 1
         yield SourceChunked(index, first, last)
+    if changed is not None and changed.missing_items.height:
+        counts.items += changed.missing_items.height
+        yield from chunker.add(changed.missing_items, STATE_SOURCE)
     yield from chunker.finish()
+    counts.chunks, counts.bytes = chunker.chunks, chunker.bytes
 
 
 def preview(options: ImportOptions, count: int, reporter: Reporter | None = None) -> list[bytes]:

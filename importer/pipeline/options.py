@@ -28,14 +28,26 @@ class ImportOptions:
     target: Target | None = None  # None with dry_run or emulator
     emulator: bool = False
     show_profiles: int = 0  # with emulator: fetch this many resulting profiles for the summary
+    state: str | None = None  # --changed-only: the state's path or URL (None: the default)
+    full_resync: bool = False
 
-    def chunk_settings(self) -> ChunkSettings:
-        """The settings that decide chunk ids."""
+    def chunk_settings(self, sync: str | None = None) -> ChunkSettings:
+        """The settings that decide chunk ids (``sync``: the state they are cut against)."""
         return ChunkSettings(
             batch_size=self.settings.batch_size,
             max_batch_bytes=self.settings.max_batch_bytes,
             shard=self.shard,
+            sync=sync,
         )
+
+    @property
+    def changed_only(self) -> bool:
+        """Incremental sync: only what changed since the last delivery is sent."""
+        return self.settings.changed_only
+
+    def state_path(self) -> str:
+        """Where the sync state lives: --state, or the default (one per shard)."""
+        return self.state or config.default_state_path(self.shard)
 
     def send_config(self) -> SendConfig:
         """The sender's settings."""

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, cast
 
@@ -156,9 +157,15 @@ def batches(
 
 
 def transformed(
-    prepared: Prepared, shard: config.Shard | None, seen: list[int] | None = None
+    prepared: Prepared,
+    shard: config.Shard | None,
+    seen: list[int] | None = None,
+    *,
+    keep: pl.DataFrame | None = None,
+    contribute: bool = False,
 ) -> Iterator[tuple[pl.DataFrame, TransformResult]]:
-    """Each batch with its transform result, in file order.
+    """Each batch with its transform result, in file order (``keep``, ``contribute``: as
+    ``Transformer.apply`` takes them).
 
     Two batches are transformed at once: polars releases the GIL, so this keeps both cores
     busy while memory stays bounded (at most ``TRANSFORM_AHEAD`` batches in flight). An
@@ -170,7 +177,8 @@ def transformed(
     ):
         pending: deque[tuple[pl.DataFrame, Future[TransformResult]]] = deque()
         for batch in batches(prepared, shard, seen):
-            pending.append((batch, pool.submit(prepared.transformer.apply, batch)))
+            apply = partial(prepared.transformer.apply, keep=keep, contribute=contribute)
+            pending.append((batch, pool.submit(apply, batch)))
             if len(pending) >= TRANSFORM_AHEAD:
                 done, future = pending.popleft()
                 yield done, future.result()

@@ -26,12 +26,22 @@ def source_key(fingerprints: Sequence[str], shard: config.Shard | None) -> str:
 
 
 def resumable_run(
-    ledger: Ledger, key: str, *, mapping_hash: str, chunk_key: str, force: bool
+    ledger: Ledger,
+    key: str,
+    *,
+    mapping_hash: str,
+    chunk_key: str,
+    force: bool,
+    changed_only: bool = False,
 ) -> RunInfo | None:
     """The unfinished run of these sources to resume, if any; one with other settings is an
-    error (exit 2) unless ``force`` starts afresh."""
+    error (exit 2) unless ``force`` starts afresh.
+
+    Under --changed-only a run that finished is done even with failed chunks: it advanced the
+    state for what was accepted, and the next run's comparison sends the rest again.
+    """
     run = ledger.find_resumable_run(key)
-    if run is None or force:
+    if run is None or force or (changed_only and run.status.is_finished):
         return None
     if run.mapping_hash != mapping_hash or run.chunk_key != chunk_key:
         raise RunConflictError(

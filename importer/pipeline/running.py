@@ -21,7 +21,7 @@ from importer.errors import ImporterError, InterruptedRun, UsageError
 from importer.events import ChunkSettled, NullReporter, Phase, PhaseStarted, Reporter, RunStarted
 from importer.ledger import Ledger, RunInfo, pack_chunk
 from importer.model import Chunk, ChunkStatus, RunStatus
-from importer.pipeline.building import SourceChunked, import_chunks
+from importer.pipeline.building import BuildCounts, ChangedOnly, SourceChunked, import_chunks
 from importer.pipeline.options import ImportOptions
 from importer.pipeline.reading import (
     Prepared,
@@ -40,8 +40,16 @@ from importer.pipeline.resume import (
 from importer.pipeline.sending import ChunkReady, LedgerRecorder, Message, Produce, send_produced
 from importer.pipeline.signals import sigterm_stops_the_command
 from importer.pipeline.summary import RunSummary
+from importer.pipeline.syncing import (
+    advance,
+    check_sync_options,
+    compare,
+    expected_rows,
+    opened_sync,
+)
 from importer.pipeline.validating import check_reject_rate, validate, validate_all
 from importer.send import Target
+from importer.sync import SyncRun
 
 
 def run_import(
@@ -49,6 +57,7 @@ def run_import(
 ) -> RunSummary:
     """Validate every source, then send the chunks the ledger does not show as accepted."""
     reporter = reporter or NullReporter()
+    check_sync_options(options)
     if options.dry_run:
         return validate(options, summary, reporter)
     with sigterm_stops_the_command():
@@ -117,10 +126,13 @@ def _run(
         summary.ledger = str(ledger_path)
         with Ledger.open(ledger_path) as ledger:
             ledger.lock_for_run()
-            run = _Run(ledger, options, summary, reporter, target, prepared)
-            resumed = run.plan()
-            run.start(resumed)
-            run.send()
+            with opened_sync(options, target, summary, rows_hint=expected_rows(prepared)) as sync:
+                run = _Run(ledger, options, summary, reporter, target, prepared, sync)
+                resumed = run.plan()
+                if run.finished_by_its_state(resumed):
+                    return summary
+                run.start(resumed)
+                run.send()
     finally:
         close_all(sources)
     return summary
@@ -136,28 +148,70 @@ class _Run:
     reporter: Reporter
     target: Target
     prepared: list[Prepared]  # every source of the command line, in order
+    sync: SyncRun | None = None  # --changed-only
     todo: list[tuple[int, Prepared]] = field(default_factory=list)  # those this run sends
     run_id: str = ""
+    changed: ChangedOnly | None = None  # --changed-only: what the comparison decided
+    counts: BuildCounts = field(default_factory=BuildCounts)
+
+    @property
+    def chunk_key(self) -> str:
+        """The chunk settings of this run (under --changed-only, with the state cut against)."""
+        return self.options.chunk_settings(self.sync.key if self.sync else None).key()
 
     def plan(self) -> RunInfo | None:
-        """Validate the sources to send (pass 1); the unfinished run to resume, or None."""
+        """Validate the sources to send (pass 1) and, under --changed-only, compare them with
+        the state; the unfinished run to resume, or None."""
         options, fingerprints = self.options, [p.fingerprint for p in self.prepared]
+        key = source_key(fingerprints, options.shard)
+        if self.sync is not None:
+            written = self._advanced_by(key)
+            if written is not None:  # nothing to validate or send: finished_by_its_state ends it
+                return written
         run = resumable_run(
             self.ledger,
-            source_key(fingerprints, options.shard),
+            key,
             mapping_hash=options.mapping.fingerprint(),
-            chunk_key=options.chunk_settings().key(),
+            chunk_key=self.chunk_key,
             force=options.force,
+            changed_only=self.sync is not None,
         )
+        # Under --changed-only an identical source is not "imported": the state decides what to send
         imported = (
             {}
-            if options.force
+            if options.force or self.sync is not None
             else self.ledger.imported_sources(fingerprints, exclude_run=run.run_id if run else None)
         )
         self.todo = sources_to_send(self.prepared, imported, self.summary, self.reporter)
-        validate_all(self.todo, options, self.summary, self.reporter)
+        validate_all(self.todo, options, self.summary, self.reporter, self.sync)
         check_reject_rate(self.summary, options.settings)
+        if self.sync is not None:
+            self.changed = compare(self.sync, self.summary)
         return run
+
+    def _advanced_by(self, key: str) -> RunInfo | None:
+        """The unfinished run of these sources whose own items the state already holds (it was
+        stopped between writing the state and recording its end)."""
+        assert self.sync is not None
+        manifest = self.sync.state.manifest
+        run = self.ledger.find_resumable_run(key)
+        if run is None or run.status.is_finished or manifest is None:
+            return None
+        if manifest.advanced_by != run.run_id:
+            return None
+        return run
+
+    def finished_by_its_state(self, resumed: RunInfo | None) -> bool:
+        """Finish a run whose state was written: nothing is left to send or to compare."""
+        if resumed is None or self.sync is None or self.todo:
+            return False
+        self.summary.run_id = resumed.run_id
+        self.summary.state_advanced = True
+        stored = resumed.summary or {}
+        for name in ("chunks_total", "chunks_accepted", "items_sent", "bytes_sent"):
+            setattr(self.summary, name, int(stored.get(name) or 0))
+        self.ledger.mark_run(resumed.run_id, RunStatus.FINISHED, self.summary.as_json())
+        return True
 
     def start(self, resumed: RunInfo | None) -> None:
         """Resume the run, or record a new one; mark it running and report its start."""
@@ -169,7 +223,7 @@ class _Run:
             self.run_id = self.ledger.create_run(
                 source_key=source_key([p.fingerprint for p in self.prepared], options.shard),
                 mapping_hash=options.mapping.fingerprint(),
-                chunk_key=options.chunk_settings().key(),
+                chunk_key=self.chunk_key,
                 shard=f"{options.shard[0]}/{options.shard[1]}" if options.shard else None,
                 settings=options.settings.model_dump(mode="json"),
                 base_url=self.target.base_url,
@@ -212,6 +266,7 @@ class _Run:
                 raise InterruptedRun(
                     "interrupted: no new requests were started; in-flight ones were settled"
                 )
+            self._after_sending()
         except ImporterError as exc:
             error = exc
             raise
@@ -221,11 +276,22 @@ class _Run:
         finally:
             self._record_end(error)
 
+    def _after_sending(self) -> None:
+        """Under --changed-only: what pass 2 sent, and the state advanced to it."""
+        if self.sync is None:
+            return
+        self.summary.chunks_total = self.counts.chunks
+        self.summary.rows_unchanged = self.counts.rows_unchanged
+        advance(self.sync, self.ledger, self.run_id, self.options, self.target, self.summary)
+
     def _producer(self, known: dict[str, ChunkStatus]) -> Produce:
         """Pass 2 in the reader thread: every chunk in order, compressed when it will be sent."""
 
         def produce(put: Callable[[Message], None], stop: threading.Event) -> None:
-            for made in import_chunks(self.todo, self.options, self.reporter):
+            chunks = import_chunks(
+                self.todo, self.options, self.reporter, changed=self.changed, counts=self.counts
+            )
+            for made in chunks:
                 if stop.is_set():
                     return
                 if isinstance(made, SourceChunked):

@@ -27,7 +27,7 @@ class SourceSummary:
 
 
 # Fields of RunSummary that are bookkeeping, not part of the JSON summary.
-_PRIVATE = ("started", "profiles", "command", "ledger_temporary", "finished")
+_PRIVATE = ("started", "profiles", "command", "ledger_temporary", "finished", "chunks_full")
 
 
 @dataclass
@@ -61,6 +61,12 @@ class RunSummary:
     profiles_superseded: int | None = None
     items_total: int = 0  # items the valid rows make (what would be sent)
     bytes_total: int = 0  # bytes of all chunk bodies (what would be sent)
+    rows_unchanged: int = 0  # --changed-only: valid rows that needed nothing sent
+    profiles_changed: int = 0  # --changed-only: profiles with something sent
+    profiles_missing: int = 0  # --changed-only --missing unset: state profiles not imported
+    state: str | None = None  # --changed-only: the state's path or URL
+    state_advanced: bool | None = None  # --changed-only: the state was written at the end
+    chunks_full: int = 0  # --changed-only: the requests a full import would have made
     profiles: dict[str, Any] = field(default_factory=dict)  # emulator profiles shown by --emulator
     ledger_temporary: bool = False  # --emulator without --ledger: removed when the run ends
     started: float = field(default_factory=time.monotonic, repr=False)

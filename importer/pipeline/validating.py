@@ -6,6 +6,8 @@ reject rate; ``validate`` (the command, and ``run --dry-run``) is this pass alon
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from importer.chunker import Chunker
 from importer.config.settings import Settings
 from importer.errors import RejectRateError, SourceError
@@ -24,6 +26,9 @@ from importer.pipeline.reading import (
 from importer.pipeline.signals import sigterm_stops_the_command
 from importer.pipeline.summary import RunSummary, SourceSummary
 
+if TYPE_CHECKING:
+    from importer.sync import SyncRun
+
 
 def validate(
     options: ImportOptions, summary: RunSummary, reporter: Reporter | None = None
@@ -41,6 +46,9 @@ def _validate(options: ImportOptions, summary: RunSummary, reporter: Reporter) -
     try:
         prepared = prepare_all(sources, options.mapping, options.settings, reporter)
         summary.sources = [SourceSummary(source=p.source.name) for p in prepared]
+        if options.dry_run and options.changed_only:
+            _dry_run_changed(list(enumerate(prepared)), options, summary, reporter)
+            return summary
         validate_all(list(enumerate(prepared)), options, summary, reporter)
         if options.dry_run:
             check_reject_rate(summary, options.settings)
@@ -49,14 +57,43 @@ def _validate(options: ImportOptions, summary: RunSummary, reporter: Reporter) -
     return summary
 
 
-def validate_all(
+def _dry_run_changed(
     todo: list[tuple[int, Prepared]],
     options: ImportOptions,
     summary: RunSummary,
     reporter: Reporter,
 ) -> None:
+    """--dry-run --changed-only: compare with the state and count what would be sent; the state
+    is read, never written."""
+    from importer.pipeline.building import BuildCounts, import_chunks
+    from importer.pipeline.syncing import compare, expected_rows, opened_sync
+
+    prepared = [p for _, p in todo]
+    target = options.target.check() if options.target is not None else None
+    with opened_sync(options, target, summary, rows_hint=expected_rows(prepared)) as sync:
+        assert sync is not None
+        validate_all(todo, options, summary, reporter, sync)
+        check_reject_rate(summary, options.settings)
+        changed = compare(sync, summary)
+        counts = BuildCounts()
+        for _ in import_chunks(
+            todo, options, NullReporter(), changed=changed, counts=counts, build_bodies=False
+        ):
+            pass
+    summary.chunks_total, summary.bytes_total = counts.chunks, counts.bytes
+    summary.items_total, summary.rows_unchanged = counts.items, counts.rows_unchanged
+
+
+def validate_all(
+    todo: list[tuple[int, Prepared]],
+    options: ImportOptions,
+    summary: RunSummary,
+    reporter: Reporter,
+    sync: SyncRun | None = None,
+) -> None:
     """Pass 1 over the sources to send, (index, source) in order: the rejects file, row counts,
-    and the items and chunks they make (cut over the whole import, as pass 2 will)."""
+    and the items and chunks they make (cut over the whole import, as pass 2 will); under
+    --changed-only, each valid row's contributions go to ``sync``."""
     reporter.emit(PhaseStarted(Phase.VALIDATING, row_total([p for _, p in todo])))
     writer = RejectsWriter(options.rejects)
     summary.rejects = str(options.rejects)
@@ -64,7 +101,9 @@ def validate_all(
     try:
         for index, item in todo:
             per_source = summary.sources[index]
-            _validate_source(index, item, per_source, options, summary, reporter, writer, chunker)
+            _validate_source(
+                index, item, per_source, options, summary, reporter, writer, chunker, sync
+            )
         for _ in chunker.finish():
             pass
     finally:
@@ -83,9 +122,12 @@ def _validate_source(
     reporter: Reporter,
     writer: RejectsWriter,
     chunker: Chunker,
+    sync: SyncRun | None,
 ) -> None:
     seen = [0]  # rows in the file, whatever the shard
-    for batch, result in transformed(item, options.shard, seen):
+    for batch, result in transformed(item, options.shard, seen, contribute=sync is not None):
+        if sync is not None:
+            sync.contribute(item.transformer, result, index)
         writer.write(item.source.name, result.rejects)
         summary.add_rows(
             per_source,

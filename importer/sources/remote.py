@@ -105,6 +105,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def open_store(url: str, options: dict[str, str]) -> tuple[Any, str]:
+    """The object store of ``url`` and the key (or prefix) inside it."""
+    root, key = _split(url)
+    return _store(root, options), key
+
+
 def remote_fingerprint(url: str, options: dict[str, str]) -> str:
     """A hash of the object's ETag (or last-modified time) and size; the URL is not part of it."""
     root, key = _split(url)

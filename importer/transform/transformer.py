@@ -39,6 +39,7 @@ from importer.transform.values import (
     json_value,
     reason_text,
     split_pieces,
+    xxh3,
 )
 
 BODY_OVERHEAD = len('{"batch":[]}')
@@ -63,6 +64,9 @@ class TransformResult:
     rejects: pl.DataFrame  # REJECT_SCHEMA
     rows_valid: int
     rows_filtered: int = 0
+    # incremental sync: per valid row, a hash of what each property adds (``contributions``)
+    contributions: pl.DataFrame | None = None
+    rows_unchanged: int = 0  # valid rows that, masked by ``keep``, send nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,11 +296,18 @@ class Transformer:
 
     # --- a batch --------------------------------------------------------------------------
 
-    def apply(self, batch: pl.DataFrame) -> TransformResult:
+    def apply(
+        self, batch: pl.DataFrame, *, keep: pl.DataFrame | None = None, contribute: bool = False
+    ) -> TransformResult:
         """Validate one batch of rows (with ``__row__``) and build the items of its valid rows;
-        rows the mapping's filter leaves out are only counted."""
+        rows the mapping's filter leaves out are only counted.
+
+        Incremental sync: ``contribute`` adds each valid row's per-property hashes; ``keep``
+        (``distinct_id`` and a boolean ``s<i>`` per property) sends only those properties of
+        only those profiles, the rest of each row masked out.
+        """
         with self._naming_failures(batch):
-            return self._apply(batch)
+            return self._apply(batch, keep, contribute)
 
     def _checked(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.Expr], list[_Check]]:
         """The rows the filter keeps, with the id, a bad flag and the JSON fragments added."""
@@ -319,12 +330,15 @@ class Transformer:
         ).collect()
         return checked, flags, checks
 
-    def _apply(self, batch: pl.DataFrame) -> TransformResult:
+    def _apply(
+        self, batch: pl.DataFrame, keep: pl.DataFrame | None, contribute: bool
+    ) -> TransformResult:
         batch, ragged = _split_ragged(batch)
         checked, flags, checks = self._checked(batch)
         bad = checked.filter(pl.col("__bad__"))
         good = checked.filter(~pl.col("__bad__"))
-        items = self._items(good)
+        contributions = self._contributions(good) if contribute else None
+        items = self._items(good if keep is None else self._masked(good, keep))
         # reasons are strings built per row: only for the (few) rejected rows
         rejects = bad.select(
             pl.col(ROW).cast(pl.Int64),
@@ -361,7 +375,69 @@ class Transformer:
             rejects=rejects,
             rows_valid=good.height - (oversize[ROW].n_unique() if oversize.height else 0),
             rows_filtered=batch.height - checked.height,
+            contributions=contributions,
+            rows_unchanged=0 if keep is None else good.height - items[ROW].n_unique(),
         )
+
+    # --- incremental sync -----------------------------------------------------------------
+
+    def _part_names(self, index: int) -> list[str]:
+        """The fragment, pieces and unset columns one property fills (those it has)."""
+        c = self._columns[index]
+        present = (c.fragment, c.pieces, c.unset_names)
+        return [
+            f"__{kind}{index}"
+            for kind, part in zip("fpu", present, strict=True)
+            if part is not None
+        ]
+
+    def _contribution(self, index: int) -> pl.Expr:
+        """A hash of everything property ``index`` adds to a row's items; null when nothing."""
+        texts = []
+        for name in self._part_names(index):
+            column = pl.col(name)
+            if name.startswith("__p"):  # the pieces of a split cell, one item each
+                column = pl.when(column.list.len() > 0).then(column.list.join("\x1f"))
+            texts.append(column)
+        some = pl.any_horizontal([t.is_not_null() for t in texts])
+        joined = pl.concat_str([t.fill_null("\x00") for t in texts], separator="\x1e")
+        return xxh3(pl.when(some).then(joined))
+
+    def _contributions(self, good: pl.DataFrame) -> pl.DataFrame:
+        """Per valid row: its id, each property's contribution hash (``c<i>``), and the names an
+        unset-split property clears (``n<i>``)."""
+        exprs = [pl.col(ROW).cast(pl.Int64), pl.col("__id__").alias("distinct_id")]
+        for i, column in enumerate(self._columns):
+            exprs.append(self._contribution(i).alias(f"c{i}"))
+            if column.op == "unset" and column.spec.split is not None:
+                names = pl.concat_str([pl.lit("["), pl.col(f"__u{i}"), pl.lit("]")])
+                exprs.append(names.str.json_decode(pl.List(pl.String)).alias(f"n{i}"))
+        return good.select(exprs)
+
+    def unset_hashes(self) -> dict[int, int]:
+        """For each property with ``on_null: unset``: its contribution hash for a null cell."""
+        out: dict[int, int] = {}
+        for i, column in enumerate(self._columns):
+            if column.spec.on_null != "unset" or column.op == "unset":
+                continue
+            row: dict[str, str | None] = dict.fromkeys(self._part_names(i))
+            row[f"__u{i}"] = _json_str(column.spec.target)
+            schema = {
+                name: (pl.List(pl.String) if name.startswith("__p") else pl.String) for name in row
+            }
+            frame = pl.DataFrame([row], schema=schema)
+            out[i] = int(frame.select(self._contribution(i)).item())
+        return out
+
+    def _masked(self, good: pl.DataFrame, keep: pl.DataFrame) -> pl.DataFrame:
+        """The rows of the profiles in ``keep``, with the properties it does not send nulled."""
+        sent = good.join(keep, left_on="__id__", right_on="distinct_id", maintain_order="left")
+        masks = [
+            pl.when(pl.col(f"s{i}")).then(pl.col(name)).alias(name)
+            for i in range(len(self._columns))
+            for name in self._part_names(i)
+        ]
+        return sent.with_columns(masks) if masks else sent
 
     def _parts(self) -> list[tuple[str, pl.Expr]]:
         """Each column's JSON fragment (``__f``), split pieces (``__p``) and names to unset."""

@@ -22,6 +22,15 @@ MAX_I64 = 2.0**63
 _SHOWN = 60  # characters of a bad value quoted in a reason
 
 
+def xxh3(value: pl.Expr) -> pl.Expr:
+    """A 64-bit xxh3 hash of each text value (null stays null), stable across polars versions
+    (polars' own ``hash`` is not: the sync state and shard routing are kept across upgrades)."""
+    import polars_hash  # noqa: F401  (registers the .nchash namespace on expressions)
+
+    hashed: pl.Expr = value.nchash.xxh3_64()  # type: ignore[attr-defined]
+    return hashed
+
+
 def default_type(spec: PropertySpec, dtype: pl.DataType | None) -> ValueType:
     """The effective value type of a mapped value: its ``type``, else guessed from its polars type
     (a column's, an expression's result, a constant's)."""
