@@ -9,7 +9,8 @@ A line is plain data (a dict, the same keys for both kinds):
                       with -9); a run's end is its finished_at, else its last record
     status            the effective status (a run or retry killed with -9 reads as interrupted)
     sources           how many sources the run has
-    rows_read, rows_rejected           None for a retry (it reads no rows)
+    rows_read, rows_rejected           None for a retry (it reads no rows), and while not known
+                      (a run still reading, or killed before it recorded them)
     items_sent        items in accepted chunks (a run: over all its tries and retries)
     chunks_total      a run: its chunks in the ledger; a retry: the chunks it set out to resend
     chunks_accepted, chunks_failed (refused included), chunks_ambiguous
@@ -65,18 +66,21 @@ def run_totals(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, dict[s
     return totals
 
 
-def source_rows(run: RunInfo) -> list[tuple[int, int]]:
-    """(rows read, rows rejected) of each source of the run.
+def source_rows(run: RunInfo) -> list[tuple[int, int] | None]:
+    """(rows read, rows rejected) of each source of the run; None where not known yet.
 
     A source's row counts reach ``run_sources`` once it is chunked while sending; for one that
-    is not (a run stopped early), they are the run's stored summary's, from its validation.
+    is not (a run stopped early), they are the run's stored summary's, from its validation, and
+    unknown when it has none (a run still going, or killed before it wrote one).
     """
     validated = (run.summary or {}).get("sources") or []
     if len(validated) != len(run.sources):
-        validated = [{}] * len(run.sources)
+        validated = [None] * len(run.sources)
     return [
         (s.rows_read, s.rows_rejected)
         if s.status is not SourceStatus.PENDING
+        else None
+        if v is None
         else (int(v.get("rows_read") or 0), int(v.get("rows_rejected") or 0))
         for s, v in zip(run.sources, validated, strict=True)
     ]
@@ -88,6 +92,8 @@ def run_line(run: RunInfo, counts: dict[str, int]) -> dict[str, Any]:
     ended = None if alive else (run.finished_at or run.updated_at)
     statuses = {s.value: counts.get(s.value, 0) for s in ChunkStatus}
     rows = source_rows(run)
+    known = [counts for counts in rows if counts is not None]
+    unknown = len(known) < len(rows)
     return {
         "kind": run_kind(run.settings),
         "run_id": run.run_id,
@@ -97,8 +103,8 @@ def run_line(run: RunInfo, counts: dict[str, int]) -> dict[str, Any]:
         "duration_s": _seconds(run.created_at, ended),
         "status": run.effective_status.value,
         "sources": len(run.sources),
-        "rows_read": sum(read for read, _ in rows),
-        "rows_rejected": sum(rejected for _, rejected in rows),
+        "rows_read": None if unknown else sum(read for read, _ in known),
+        "rows_rejected": None if unknown else sum(rejected for _, rejected in known),
         "items_sent": counts.get("items_accepted", 0),
         "chunks_total": sum(statuses.values()),
         "chunks_accepted": statuses[ChunkStatus.ACCEPTED],
