@@ -543,3 +543,63 @@ def test_the_json_report_keeps_every_field_and_adds_what_the_person_reads() -> N
     listed = json.loads(shown("--json"))
     assert [r["run_id"] for r in listed] == [clean, refusals]  # every run, oldest first
     assert listed[1] == report
+
+
+# -- the hint a command ends with ----------------------------------------------------------------
+
+BAD_ROW = USERS + ",Nobody\n"  # no user_id: rejected
+
+
+def last_line(result: Result) -> str:
+    """The last line a command wrote on stderr."""
+    return result.stderr.rstrip("\n").splitlines()[-1]
+
+
+def test_validate_and_a_dry_run_point_to_the_rejects_file_only(tmp_path: Path) -> None:
+    """They write no ledger, so their hint names the rejects file and nothing else."""
+    (tmp_path / "users.csv").write_text(BAD_ROW, encoding="utf-8")
+    (tmp_path / "mapping.yaml").write_text(MAPPING, encoding="utf-8")
+    common = ["users.csv", "-m", "mapping.yaml", "--rejects", "rejects.csv"]
+    for args in (["validate", *common], ["run", *common, "--dry-run", "--max-reject-rate", "1"]):
+        result = cli(args)
+        assert result.exit_code == 1, result.stderr
+        assert last_line(result) == (
+            "finished with problems (exit 1): the rejected rows and why are in rejects.csv"
+        )
+    assert not Path(LEDGER).exists()
+
+
+def test_an_emulator_run_does_not_point_to_its_temporary_ledger(tmp_path: Path) -> None:
+    """`run --emulator` without --ledger: the ledger is gone when it ends, so the hint names
+    the rejects file only."""
+    (tmp_path / "users.csv").write_text(BAD_ROW, encoding="utf-8")
+    (tmp_path / "mapping.yaml").write_text(MAPPING, encoding="utf-8")
+    emulated = ["users.csv", "-m", "mapping.yaml", "--emulator", "--max-reject-rate", "1"]
+    result = cli(["run", *emulated, "--rejects", "r.csv"])
+    assert result.exit_code == 1, result.stderr
+    assert (
+        last_line(result)
+        == "finished with problems (exit 1): the rejected rows and why are in r.csv"
+    )
+
+
+def test_a_run_and_a_retry_with_failures_point_to_the_runs_report(tmp_path: Path) -> None:
+    """Failed chunks: `run` names the rejects file and the exact `ledger show` command; a
+    `retry` that fails again names the report only (it writes no rejects file)."""
+    (tmp_path / "users.csv").write_text(BAD_ROW, encoding="utf-8")
+    (tmp_path / "mapping.yaml").write_text(MAPPING, encoding="utf-8")
+    run = ["run", "users.csv", "-m", "mapping.yaml", "--ledger", LEDGER, "--max-retries", "0"]
+    with emulator(fail_rate=1.0) as (server, _):
+        args = [*run, "--max-reject-rate", "1", "--rejects", "r.csv", "--json"]
+        first = cli(args, base_url=server.url)
+        run_id = json.loads(first.stdout)["run_id"]
+        report = f"`fyno-import ledger show --ledger {LEDGER} --run {run_id}`"
+        assert last_line(first) == (
+            "finished with problems (exit 1): the rejected rows and why are in r.csv;"
+            f" {report} says what failed and what to do next"
+        )
+        again = cli(["retry", "--ledger", LEDGER, "--max-retries", "0"])
+    assert again.exit_code == 1, again.stderr
+    assert last_line(again) == (
+        f"finished with problems (exit 1): {report} says what failed and what to do next"
+    )
