@@ -45,8 +45,9 @@ soak: $(STAMP) ## the long fault soak (many seeds) and other slow tests
 package: $(STAMP) ## build the wheel and check it installs and runs in a fresh venv
 	$(BIN)/python -m pytest -m package -q
 
-docs: $(STAMP) ## regenerate the key reference in docs/mapping.md from the mapping model
+docs: $(STAMP) ## regenerate docs/mapping.md's key reference and docs/ledger.md's example reports
 	$(BIN)/python -m importer.mapping.tools docs/mapping.md
+	$(BIN)/python tools/ledger_docs.py docs/ledger.md
 
 sample: $(STAMP) ## regenerate sample_data/ from its script
 	$(BIN)/python tools/sample_data.py

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import textwrap
 from collections.abc import Mapping as AnyMapping
 from pathlib import Path
@@ -32,15 +33,24 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def sample_generator() -> ModuleType:
-    """tools/sample_data.py as a module (it holds BAD_CSV_ROWS / BAD_PARQUET_ROWS)."""
-    spec = importlib.util.spec_from_file_location(
-        "sample_generate", ROOT / "tools" / "sample_data.py"
-    )
+def tool(name: str, module_name: str) -> ModuleType:
+    """tools/NAME.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def sample_generator() -> ModuleType:
+    """tools/sample_data.py as a module (it holds BAD_CSV_ROWS / BAD_PARQUET_ROWS)."""
+    return tool("sample_data", "sample_generate")
+
+
+def ledger_docs() -> ModuleType:
+    """tools/ledger_docs.py as a module: the examples of docs/ledger.md and their normaliser."""
+    return tool("ledger_docs", "ledger_docs")
 
 
 def mapping_of(

@@ -22,7 +22,7 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from helpers import MAPPINGS, ROOT, SAMPLE_DATA
+from helpers import MAPPINGS, ROOT, SAMPLE_DATA, ledger_docs
 
 from importer.cli import main
 from importer.config.settings import Settings
@@ -245,6 +245,17 @@ def test_the_python_snippet_of_the_ledger_doc_decodes_ids(
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == summary["chunks_failed"] + summary["chunks_ambiguous"]
     assert all("'u-" in line for line in lines)
+
+
+def test_the_ledger_doc_shows_what_ledger_show_prints() -> None:
+    """The examples of docs/ledger.md are what `ledger show` prints for ledgers that real runs
+    and retries wrote (to refresh them: `python tools/ledger_docs.py docs/ledger.md`)."""
+    tool = ledger_docs()
+    text = (DOCS / "ledger.md").read_text(encoding="utf-8")
+    start, end = text.index(tool.BEGIN_MARK), text.index(tool.END_MARK) + len(tool.END_MARK)
+    examples = tool.build_examples()
+    assert set(examples) == {name for name, _, _ in tool.SECTIONS}
+    assert text[start:end] == tool.generated_block(examples)
 
 
 # --- README quickstart and docs/scheduling.md ---------------------------------------------------

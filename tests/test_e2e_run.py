@@ -330,6 +330,43 @@ def test_permanent_failures_exit_1_then_retry_lands_them_after_the_source_is_gon
     assert report["chunks"]["failed"] == 0
 
 
+def test_retry_brings_the_run_up_to_date_and_is_listed_in_its_report(tmp_path: Path) -> None:
+    """After `retry` lands what failed, the run's stored summary, its history line and its
+    report agree (all accepted, exit 0), the summary is still a contract summary, and the
+    report lists the retry with what it sent."""
+    rows = make_rows(90, profiles=30, seed=61, single_item=True)
+    files = _files(tmp_path, rows)
+    with emulator(fail_rate=1.0) as (server, _):
+        port = port_of(server.url)
+        args = _run_args(files, "--batch-size", "30", "--max-retries", "0")
+        first = one_json(cli(args, base_url=server.url).stdout)
+    assert first["chunks_failed"] == first["chunks_total"] == 3
+    with emulator(port=port):
+        retried = one_json(cli(["retry", "--ledger", str(files["ledger"]), "--json"]).stdout)
+    assert retried["chunks_accepted"] == 3
+    report = _ledger_show(files["ledger"], first["run_id"])
+    summary = report["summary"]
+    check_summary(summary)
+    assert (summary["chunks_accepted"], summary["chunks_failed"], summary["exit_code"]) == (3, 0, 0)
+    assert summary["items_sent"] == retried["items_sent"] == report["items_accepted"] == 90
+    assert summary["retries"] == 3  # the retry resent each chunk once
+    run_line, retry_line = report["history"]
+    assert (run_line["kind"], run_line["chunks_accepted"], run_line["chunks_failed"]) == (
+        "run",
+        3,
+        0,
+    )
+    assert report["chunks"]["accepted"] == 3 and report["failures"] == []
+    assert (retry_line["kind"], retry_line["status"], retry_line["requests"]) == (
+        "retry",
+        "finished",
+        3,
+    )
+    assert (retry_line["chunks_total"], retry_line["chunks_accepted"]) == (3, 3)
+    (listed,) = _ledger_show(files["ledger"])
+    assert listed["summary"] == summary
+
+
 def test_retry_killed_with_sigkill_leaves_nothing_stranded_in_flight(tmp_path: Path) -> None:
     """kill -9 during retry: the next retry leaves no chunk in flight and lands nothing twice."""
     rows = make_rows(120, profiles=40, seed=45, every_add=False, single_item=True)

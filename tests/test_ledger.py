@@ -480,6 +480,8 @@ def test_run_report_counts_chunks_items_and_errors(ledger: Ledger) -> None:
             "rows_rejected": 1,
             "chunks_total": 2,
             "chunks_accepted": 1,
+            "imported": False,
+            "imported_by": None,
         }
     ]
 

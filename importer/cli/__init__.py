@@ -6,7 +6,8 @@ failure), so both can be piped. It words the library's typed events (``words``) 
 typed errors to exit codes. Heavy libraries are imported inside the commands that use them, so
 ``--version`` and every ``--help`` answer at once. Modules: ``importing`` (run, validate,
 preview), ``retrying``, ``ledger_cmds``, ``emulator_cmd``, ``mapping_cmds``; ``options``,
-``execute``, ``reporters``, ``summary``, ``words`` and ``output`` serve them.
+``execute``, ``reporters``, ``summary``, ``hints``, ``words`` and ``output`` serve them, and
+``ledger_view`` and ``blocks`` draw ``ledger show``'s history and reports.
 """
 
 from __future__ import annotations

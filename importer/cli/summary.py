@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from importer.cli.hints import closing_hint
+
 if TYPE_CHECKING:
     from importer.pipeline import RunSummary
 
@@ -84,8 +86,6 @@ def print_summary(summary: RunSummary, console: Console) -> None:
         console.print(
             f"profile {distinct_id}: {json.dumps(profile, ensure_ascii=False)}", markup=False
         )
-    if summary.exit_code == 1:
-        where = "the rejects file" + (
-            "" if summary.ledger_temporary else " and `fyno-import ledger show`"
-        )
-        console.print(f"finished with problems (exit 1): see {where}")
+    hint = closing_hint(summary)
+    if hint is not None:
+        console.print(hint, markup=False)

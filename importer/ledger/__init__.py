@@ -17,7 +17,11 @@ status counts as what. It must not know HTTP or the sender, polars or the source
     store.py    what the parts share: the connection, its mutex, the clock, transactions
     runs.py     runs and run_sources: create, resume, retry pick, mark; RunInfo, SourceInfo
     chunks.py   the hot path: in flight, outcomes, waiting, load, resolve, stranded chunks
-    reports.py  run_report (``ledger show``) and export_failures (``ledger export``)
+    retries.py  a row per `retry`: start_retry, finish_retry, list_retries; RetryInfo
+    summaries.py  the run's stored summary brought up to date after `retry` or `resolve`
+    history.py  the history: one line per run and per retry, newest first (``ledger show``)
+    failures.py a run's failures grouped by cause, and its ambiguous chunks
+    reports.py  run_report (``ledger show --run``) and export_failures (``ledger export``)
 
 The file
 --------
@@ -36,14 +40,15 @@ when the process ends, however it ends. Readers (``ledger show``/``export``) tak
 tell a live run from one killed while ``running``, they may probe it with a shared lock held for
 an instant, which a starting run waits out instead of failing (see ``lock.py``).
 
-Tables (schema version 2), for querying with ``sqlite3``
+Tables (schema version 3), for querying with ``sqlite3``
 --------------------------------------------------------
 Timestamps are UTC ISO 8601 text with microseconds (``2026-11-29T23:45:00.123456Z``), so they
 sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compressed.
 
 ``runs`` — one row per run (a resumed run keeps its row)
     run_id        text, time-sortable: ``20261129T234500Z-1a2b3c``
-    created_at, updated_at, finished_at (NULL unless status is finished)
+    created_at, updated_at, finished_at (NULL unless status is finished); updated_at is the
+                  run's own last write (a retry has its row in ``retries``)
     status        running | finished | interrupted | aborted (a run killed with -9 stays
                   running here; ``ledger show`` reads it as interrupted once its lock is gone)
     source_key    hash of the ordered source fingerprints and the shard: finds the run to resume
@@ -52,7 +57,9 @@ sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compres
     shard         ``K/N`` or NULL
     settings      JSON: every run option (never the API key)
     base_url, workspace, api_version   where the chunks were sent; ``retry`` sends there again
-    summary       JSON: the last summary's counts, or NULL
+    summary       JSON: the run's ``--json`` summary as it ended, or NULL; ``retry`` and
+                  ``ledger resolve`` bring its chunk counts (and exit code) up to date, and a
+                  retry adds its sends to items_sent, bytes_sent, item_errors and retries
 
 ``run_sources`` — one row per source of a run, primary key (run_id, idx)
     idx           position of the source in the run, from 0
@@ -84,6 +91,19 @@ sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compres
     sent_at       when its request was last recorded as in flight
     updated_at
 
+``retries`` — one row per ``retry`` that resent something (schema 3), written before its first
+request and closed when it ends
+    retry_id      integer, in the order retries were made
+    run_id        the run whose chunks it resent
+    started_at, ended_at (NULL while it runs, or when it was killed with -9)
+    status        running | finished | interrupted | aborted, as for runs (a retry killed with
+                  -9 stays running here and reads as interrupted once its lock is gone)
+    include_ambiguous   1 with ``--include-ambiguous``
+    chunks        the chunks it set out to resend
+    accepted, failed, ambiguous   what became of the chunks it sent (failed: refused too)
+    requests      requests it sent
+    summary       JSON: the retry's own ``--json`` summary
+
 ``item_errors`` — per-operator statuses other than "ok" in a 202 answer
     run_id, chunk_id, item_index (position in the body), source_idx and source_row (the
     item's own source and row), distinct_id, operator (``$add``, …), status (what the API said
@@ -104,6 +124,7 @@ from typing import Self
 
 from importer.ledger.chunks import ChunksMixin, pack_chunk
 from importer.ledger.reports import EXPORT_COLUMNS, ReportsMixin
+from importer.ledger.retries import RetryInfo, RetryStarted
 from importer.ledger.runs import RunInfo, SourceInfo
 from importer.ledger.schema import SCHEMA_VERSION, open_connection
 from importer.model import PackedChunk, RunStatus, SourceStatus
@@ -113,6 +134,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "Ledger",
     "PackedChunk",
+    "RetryInfo",
+    "RetryStarted",
     "RunInfo",
     "RunStatus",
     "SourceInfo",

@@ -17,11 +17,13 @@ import orjson
 
 from importer.errors import LedgerError
 from importer.ledger.store import Store, compress, decode_z, sql_list
+from importer.ledger.summaries import refresh_summary
 from importer.model import Chunk, ChunkOutcome, ChunkStatus, PackedChunk
 
 _IN_FLIGHT: Final = ChunkStatus.IN_FLIGHT.value
 _ACCEPTED: Final = ChunkStatus.ACCEPTED.value
 _AMBIGUOUS: Final = ChunkStatus.AMBIGUOUS.value
+_MIN_PREFIX: Final = 8  # the shortest chunk id prefix `ledger resolve` takes
 
 _IN_FLIGHT_SQL: Final = (
     "INSERT INTO chunks (run_id, chunk_id, source_idx, last_source, lane, seq, first_row,"
@@ -264,8 +266,12 @@ class ChunksMixin(Store):
             id_keys=frozenset(hash(i) for i in orjson.loads(ids_json)),
         )
 
-    def resolve(self, run_id: str, chunk_id: str, as_status: ChunkStatus) -> None:
-        """Close an ambiguous, failed or refused chunk as accepted or abandoned (takes the lock)."""
+    def resolve(self, run_id: str, chunk_id: str, as_status: ChunkStatus) -> str:
+        """Close an ambiguous, failed or refused chunk as accepted or abandoned (takes the lock).
+
+        ``chunk_id`` may be a unique prefix of at least 8 characters (``ledger show`` prints 12);
+        returns the full id. The run's stored summary is refreshed to match.
+        """
         as_status = ChunkStatus(as_status)
         if not as_status.is_resolution:
             raise LedgerError(
@@ -273,6 +279,7 @@ class ChunksMixin(Store):
             )
         self.lock_for_run()
         with self._reading() as conn:  # a damaged ledger is a read error (exit 2), not a write one
+            chunk_id = self._full_chunk_id(conn, run_id, chunk_id)
             self._chunk_status(conn, run_id, chunk_id)
         with self._writing(f"chunk {chunk_id}") as conn:
             status = self._chunk_status(conn, run_id, chunk_id)
@@ -289,6 +296,31 @@ class ChunksMixin(Store):
                 " WHERE run_id = ? AND chunk_id = ?",
                 (as_status.value, self._now(), dropped, dropped, run_id, chunk_id),
             )
+            refresh_summary(conn, run_id)
+        return chunk_id
+
+    def _full_chunk_id(self, conn: sqlite3.Connection, run_id: str, given: str) -> str:
+        """The chunk id ``given`` names: itself, or the one chunk of the run it is a prefix of."""
+        exact = conn.execute(
+            "SELECT 1 FROM chunks WHERE run_id = ? AND chunk_id = ?", (run_id, given)
+        ).fetchone()
+        if exact is not None or len(given) < _MIN_PREFIX:
+            return given
+        # a range of the primary key: every id that starts with `given` sorts in it
+        matches = [
+            row[0]
+            for row in conn.execute(
+                "SELECT chunk_id FROM chunks WHERE run_id = ? AND chunk_id >= ? AND chunk_id < ?"
+                " ORDER BY chunk_id LIMIT 2",
+                (run_id, given, given + "\uffff"),
+            )
+        ]
+        if len(matches) > 1:
+            raise LedgerError(
+                f"{given} is the start of several chunk ids of run {run_id}",
+                hint="give more of the id (`fyno-import ledger export --failures FILE` lists them)",
+            )
+        return matches[0] if matches else given
 
     def profiles_superseded(self, run_id: str, chunk_ids: list[str]) -> int:
         """Distinct profiles of these chunks that an accepted chunk sent later also carries."""

@@ -2,6 +2,11 @@
 
 Both only read (no lock, safe while a run is going on); the CSV is created owner-only, since it
 holds profile ids and source rows.
+
+A run's report (``run_report``) is plain data: the run's row, its sources (each with whether it
+is imported, as ``imported_sources`` decides it), its chunk counts, and what a person needs the
+morning after: its history (the run's line, then one per retry: ``history``), its failures
+grouped by cause and its ambiguous chunks (``failures``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from typing import IO, Any, Final, cast
 
 from importer.errors import LedgerError
 from importer.files import open_private
-from importer.ledger.runs import RunsMixin, SourceInfo
+from importer.ledger.failures import ambiguous_chunks, chunk_failures, item_failures
+from importer.ledger.history import HistoryMixin, retry_line, run_kind, run_line, run_totals
+from importer.ledger.runs import ALL_ACCEPTED, RunInfo, SourceInfo
 from importer.ledger.store import decode_z, sql_list
-from importer.model import ChunkStatus
+from importer.model import ChunkStatus, SourceStatus
 
 EXPORT_COLUMNS: Final = (
     "run_id",
@@ -42,7 +49,7 @@ def _blank(value: object) -> object:
     return "" if value is None else value
 
 
-class ReportsMixin(RunsMixin):
+class ReportsMixin(HistoryMixin):
     """Reports over runs and chunks."""
 
     def run_report(self, run_id: str) -> dict[str, Any]:
@@ -82,19 +89,7 @@ class ReportsMixin(RunsMixin):
             "api_version": run.api_version,
             "settings": run.settings,
             "summary": run.summary,
-            "sources": [
-                {
-                    "idx": s.idx,
-                    "source": s.source,
-                    "fingerprint": s.fingerprint,
-                    "status": s.status,
-                    "rows_read": s.rows_read,
-                    "rows_rejected": s.rows_rejected,
-                    "chunks_total": s.chunks_total,
-                    "chunks_accepted": self._source_accepted(run_id, s, per_source),
-                }
-                for s in run.sources
-            ],
+            "sources": self._sources(run, per_source),
             "chunks": by_status,
             "chunks_recorded": sum(by_status.values()),
             "items": items,
@@ -102,7 +97,59 @@ class ReportsMixin(RunsMixin):
             "bytes": size,
             "attempts": attempts,
             "item_errors": item_errors,
+            **self._looking_back(run),
         }
+
+    def _sources(
+        self, run: RunInfo, by_first_source: dict[int, dict[str, int]]
+    ) -> list[dict[str, Any]]:
+        """The report's part on each source of the run."""
+        with self._reading() as conn:
+            imported = self._imported_here(conn, run.run_id)
+        imported_by = self.imported_sources([s.fingerprint for s in run.sources])
+        return [
+            {
+                "idx": s.idx,
+                "source": s.source,
+                "fingerprint": s.fingerprint,
+                "status": s.status,
+                "rows_read": s.rows_read,
+                "rows_rejected": s.rows_rejected,
+                "chunks_total": s.chunks_total,
+                "chunks_accepted": self._source_accepted(run.run_id, s, by_first_source),
+                "imported": imported.get(s.idx, False),
+                # the latest run that imported this content: this one, or another
+                "imported_by": imported_by.get(s.fingerprint),
+            }
+            for s in run.sources
+        ]
+
+    def _looking_back(self, run: RunInfo) -> dict[str, Any]:
+        """The report's parts for a person: kind, duration, history, failures, ambiguous."""
+        with self._reading() as conn:
+            line = run_line(run, run_totals(conn, [run.run_id])[run.run_id])
+            names = {s.idx: s.source for s in run.sources}
+            failures = chunk_failures(conn, run.run_id, names)
+            failures += item_failures(conn, run.run_id, names)
+            ambiguous = ambiguous_chunks(conn, run.run_id, names)
+        retries = reversed(self.list_retries([run.run_id]))  # oldest first: the run's story
+        return {
+            "kind": run_kind(run.settings),
+            "duration_s": line["duration_s"],
+            "history": [line, *(retry_line(r, len(run.sources)) for r in retries)],
+            "failures": failures,
+            "ambiguous": ambiguous,
+        }
+
+    def _imported_here(self, conn: sqlite3.Connection, run_id: str) -> dict[int, bool]:
+        """Source index → whether this run imported it (every chunk of its rows accepted)."""
+        rows = conn.execute(
+            "SELECT s.idx, s.chunks_total IS NOT NULL"
+            f" AND s.status != '{SourceStatus.SKIPPED.value}'"
+            f" AND {ALL_ACCEPTED} FROM run_sources s WHERE s.run_id = ?",
+            (run_id,),
+        )
+        return {idx: bool(imported) for idx, imported in rows}
 
     def _source_accepted(
         self, run_id: str, source: SourceInfo, by_first_source: dict[int, dict[str, int]]

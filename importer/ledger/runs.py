@@ -28,7 +28,7 @@ _RUN_COLUMNS: Final = (
 )
 # A run_sources row `s` whose chunks were all accepted: schema 2 knows the range of chunk
 # positions carrying its rows; a schema-1 row counts the chunks of its own source index.
-_ALL_ACCEPTED: Final = (
+ALL_ACCEPTED: Final = (
     "(CASE WHEN s.first_chunk IS NOT NULL THEN"
     " (SELECT count(*) FROM chunks c WHERE c.run_id = s.run_id"
     f"   AND c.seq BETWEEN s.first_chunk AND s.last_chunk AND c.status = '{_ACCEPTED}')"
@@ -101,15 +101,23 @@ def _source_info(row: tuple[Any, ...]) -> SourceInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class _Liveness:
-    """What the run lock tells about which stored "running" run is alive."""
+class Liveness:
+    """What the run lock tells about which stored "running" run or retry is alive."""
 
     known: bool  # False when the lock could not be probed: stored statuses stand
-    live_run: str | None  # the run a live lock holder is running, if any
+    live_run: str | None = None  # the run a live lock holder is running, if any
+    live_retry: int | None = None  # or the retry it is making
 
     def status(self, run_id: str, stored: RunStatus) -> RunStatus:
         """The effective status of a run stored with ``stored``."""
-        if stored is not RunStatus.RUNNING or not self.known or run_id == self.live_run:
+        return self._effective(stored, alive=run_id == self.live_run)
+
+    def retry_status(self, retry_id: int, stored: RunStatus) -> RunStatus:
+        """The effective status of a retry stored with ``stored``."""
+        return self._effective(stored, alive=retry_id == self.live_retry)
+
+    def _effective(self, stored: RunStatus, *, alive: bool) -> RunStatus:
+        if stored is not RunStatus.RUNNING or not self.known or alive:
             return stored
         return RunStatus.INTERRUPTED
 
@@ -224,7 +232,7 @@ class RunsMixin(Store):
             rows = conn.execute(
                 "SELECT s.fingerprint, s.run_id FROM run_sources s JOIN runs r USING (run_id)"
                 f" WHERE s.fingerprint IN ({marks}) AND s.chunks_total IS NOT NULL"
-                f" AND s.run_id IS NOT ? AND {_ALL_ACCEPTED} ORDER BY r.created_at, r.run_id",
+                f" AND s.run_id IS NOT ? AND {ALL_ACCEPTED} ORDER BY r.created_at, r.run_id",
                 (*fingerprints, exclude_run),
             ).fetchall()
         return {fp: run_id for fp, run_id in rows}  # later runs overwrite earlier ones
@@ -298,18 +306,28 @@ class RunsMixin(Store):
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _liveness(self, conn: sqlite3.Connection) -> _Liveness:
+    def liveness(self, conn: sqlite3.Connection) -> Liveness:
+        """Which stored "running" run or retry, if any, a live process holds the lock for."""
         held = self.run_lock_held()
         if not held:
-            return _Liveness(known=held is not None, live_run=None)
-        # The holder marked its run running after any process that died holding the lock
-        # before it, so the latest-updated running run is the live one; older ones are stale.
-        row = conn.execute(
-            "SELECT run_id FROM runs WHERE status = ? ORDER BY updated_at DESC, run_id DESC"
-            " LIMIT 1",
-            (RunStatus.RUNNING.value,),
+            return Liveness(known=held is not None)
+        # The holder wrote its start after any process that died holding the lock before it:
+        # a run marks itself running, a retry records its row. So the latest of those is the
+        # live one; older ones are stale.
+        running = RunStatus.RUNNING.value
+        run = conn.execute(
+            "SELECT run_id, updated_at FROM runs WHERE status = ?"
+            " ORDER BY updated_at DESC, run_id DESC LIMIT 1",
+            (running,),
         ).fetchone()
-        return _Liveness(known=True, live_run=None if row is None else row[0])
+        retry = conn.execute(
+            "SELECT retry_id, started_at FROM retries WHERE status = ?"
+            " ORDER BY started_at DESC, retry_id DESC LIMIT 1",
+            (running,),
+        ).fetchone()
+        if retry is not None and (run is None or retry[1] > run[1]):
+            return Liveness(known=True, live_retry=retry[0])
+        return Liveness(known=True, live_run=None if run is None else run[0])
 
     def _runs(self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[RunInfo]:
         rows = conn.execute(
@@ -327,7 +345,7 @@ class RunsMixin(Store):
             sources[s[0]].append(_source_info(s))
         running = any(r[4] == RunStatus.RUNNING for r in rows)
         # Probe the lock only when a stored status could be stale.
-        liveness = self._liveness(conn) if running else _Liveness(known=False, live_run=None)
+        liveness = self.liveness(conn) if running else Liveness(known=False)
         return [
             RunInfo(
                 run_id=r[0],

@@ -109,6 +109,28 @@ _SCHEMA_V2: Final = (
 )
 
 
+# Schema 3: a row per `retry` of a run, so the run's report can list what each retry did, and a
+# retry killed mid-way is still seen. The chunk counts are those of the chunks the retry sent.
+_SCHEMA_V3: Final = (
+    """CREATE TABLE retries (
+            retry_id          INTEGER PRIMARY KEY,
+            run_id            TEXT NOT NULL REFERENCES runs (run_id),
+            started_at        TEXT NOT NULL,
+            ended_at          TEXT,
+            status            TEXT NOT NULL
+                              CHECK (status IN ('running','finished','interrupted','aborted')),
+            include_ambiguous INTEGER NOT NULL,
+            chunks            INTEGER NOT NULL,
+            accepted          INTEGER NOT NULL DEFAULT 0,
+            failed            INTEGER NOT NULL DEFAULT 0,
+            ambiguous         INTEGER NOT NULL DEFAULT 0,
+            requests          INTEGER NOT NULL DEFAULT 0,
+            summary           TEXT
+        )""",
+    "CREATE INDEX retries_by_run ON retries (run_id, started_at)",
+)
+
+
 def _migrate_v1(conn: sqlite3.Connection) -> None:
     """Create the first schema."""
     for statement in _SCHEMA_V1:
@@ -121,10 +143,20 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Record each retry of a run."""
+    for statement in _SCHEMA_V3:
+        conn.execute(statement)
+
+
 # Index i migrates from user_version i to i + 1. Append, never edit or reorder.
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_migrate_v1, _migrate_v2)
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
+    _migrate_v1,
+    _migrate_v2,
+    _migrate_v3,
+)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
-TABLES: Final = frozenset({"runs", "run_sources", "chunks", "item_errors"})
+TABLES: Final = frozenset({"runs", "run_sources", "chunks", "item_errors", "retries"})
 
 
 def corrupt(path: Path, why: str) -> LedgerCorruptError:

@@ -2,16 +2,18 @@
 
 The source files may be gone: every chunk that may be resent has its body in the ledger. Chunks
 go to the base URL, workspace and version the run went to; refused ones (HTTP 400) are reported,
-not resent; ambiguous ones only when asked.
+not resent; ambiguous ones only when asked. A retry that resends anything is recorded in the
+ledger (``Ledger.start_retry`` / ``finish_retry``), which keeps the run's summary in step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from importer.errors import InterruptedRun, UsageError
+from importer.errors import ImporterError, InterruptedRun, UsageError
 from importer.events import (
     ChunksRefused,
     NothingToRetry,
@@ -25,7 +27,7 @@ from importer.events import (
     RunUnfinished,
 )
 from importer.ledger import Ledger, RunInfo
-from importer.model import Chunk, ChunkStatus
+from importer.model import Chunk, ChunkStatus, RunStatus
 from importer.pipeline.options import RetryOptions, send_config
 from importer.pipeline.resume import settle_stranded
 from importer.pipeline.sending import ChunkReady, LedgerRecorder, Message, send_produced
@@ -58,8 +60,40 @@ def _retry_failed(options: RetryOptions, summary: RunSummary, reporter: Reporter
         settle_stranded(ledger, run.run_id)
         to_send = _count_what_is_left(ledger, run.run_id, options, summary, reporter)
         if to_send:
-            _resend(ledger, run.run_id, options, target, summary, reporter)
+            with _retry_recorded(ledger, run.run_id, options, summary, to_send):
+                _resend(ledger, run.run_id, options, target, summary, reporter)
     return summary
+
+
+@contextlib.contextmanager
+def _retry_recorded(
+    ledger: Ledger, run_id: str, options: RetryOptions, summary: RunSummary, chunks: int
+) -> Iterator[None]:
+    """The resending inside, between the retry's record in the ledger and its end there.
+
+    Closing the record brings the run's stored summary up to date with what was resent. A
+    failure to write that last line is not raised over the retry's own outcome.
+    """
+    retry = ledger.start_retry(run_id, chunks=chunks, include_ambiguous=options.include_ambiguous)
+    error: ImporterError | None = None
+    try:
+        yield
+    except ImporterError as exc:
+        error = exc
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        error = InterruptedRun("interrupted: chunks still in flight stay marked in the ledger")
+        raise error from None
+    finally:
+        with contextlib.suppress(ImporterError):
+            ledger.finish_retry(retry, _ended(error), summary.as_json(error))
+
+
+def _ended(error: ImporterError | None) -> RunStatus:
+    """How a retry that stopped on ``error`` (None: none) ended; the rule `run` follows too."""
+    if isinstance(error, InterruptedRun):
+        return RunStatus.INTERRUPTED
+    return RunStatus.FINISHED if error is None else RunStatus.ABORTED
 
 
 def _recorded_target(run: RunInfo, options: RetryOptions) -> Target:
