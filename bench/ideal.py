@@ -41,8 +41,10 @@ def _builder_digest(mapping: Path) -> str:
 
     digest = hashlib.sha256(mapping.read_bytes())
     package = Path(importer.__file__).parent
-    for name in ("transform.py", "chunker.py", "sources.py"):
-        digest.update((package / name).read_bytes())
+    for part in ("transform", "chunker.py", "sources"):
+        path = package / part
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.read_bytes())
     return digest.hexdigest()
 
 

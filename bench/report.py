@@ -79,8 +79,9 @@ def code_state() -> str:
 def importer_digest() -> str:
     """A hash of importer/*.py as they are on disk now (catches uncommitted edits too)."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "importer").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted((ROOT / "importer").rglob("*.py")):
+        name = str(path.relative_to(ROOT / "importer"))
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 

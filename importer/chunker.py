@@ -13,7 +13,7 @@ across chunks, and the sender starts a chunk only once every earlier chunk holdi
 profiles has its final answer (``Chunk.id_keys``).
 
 Cut points come from a prefix sum and ``searchsorted`` (one Python step per chunk, not per item);
-the bodies of a batch's closed chunks are joined by one polars ``group_by``.
+the bodies of a batch's closed chunks are sliced out of one joined buffer per column.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from importer import config
 from importer.model import Chunk
 from importer.sources import ROW
 from importer.transform import BODY_OVERHEAD
+from importer.transform.values import xxh3
 
 CHUNKER = "import-order-v2"  # the cutting rule: part of every chunk id
 SOURCE = "__src__"
@@ -178,37 +179,59 @@ class Chunker:
     def _build(
         self, closed: pl.DataFrame, starts: list[int], ends: list[int], first_seq: int
     ) -> Iterator[Chunk]:
-        """Every closed chunk of a buffer, its body and item columns joined by polars."""
-        lengths = np.diff(np.asarray([0, *ends]))
-        labels = np.repeat(np.arange(len(ends), dtype=np.int32), lengths)
-        parts = (
-            closed.with_columns(pl.Series("__chunk__", labels))
-            .group_by("__chunk__", maintain_order=True)
-            .agg(
-                pl.col("item").str.join(",").alias("body"),
-                pl.col(ROW).cast(pl.String).str.join(",").alias("rows"),
-                pl.col("id_json").str.join(",").alias("ids"),
-                pl.col(ROW).first().alias("first_row"),
-                pl.col(ROW).last().alias("last_row"),
-                pl.col("has_add").any().alias("has_add"),
-                pl.col("distinct_id").hash(_KEY_SEED).alias("keys"),
-                pl.col(SOURCE).rle().alias("runs"),
-            )
+        """Every closed chunk of a buffer. Chunks are consecutive runs of items, so each column
+        becomes one buffer of comma-terminated texts (Arrow's, no copy per item) and each
+        chunk's part is a byte slice of it."""
+        texts = closed.select(
+            pl.col("item") + ",", pl.col(ROW).cast(pl.String) + ",", pl.col("id_json") + ","
         )
-        for offset, part in enumerate(parts.iter_rows(named=True)):
+        (items, item_ends), (rows, row_ends), (ids, id_ends) = map(_buffer, texts.get_columns())
+        row_numbers = closed[ROW].to_numpy()
+        adds = closed["has_add"].to_numpy()
+        key_values = closed.select(xxh3(pl.col("distinct_id"))).to_series().to_numpy()
+        sources = closed[SOURCE].to_numpy()
+        for offset, (a, b) in enumerate(zip(starts, ends, strict=True)):
             seq = first_seq + offset
-            runs = tuple((int(r["value"]), int(r["len"])) for r in part["runs"])
+            runs = _runs(sources[a:b])
             yield Chunk(
                 chunk_id=self.chunk_id(seq),
                 seq=seq,
-                body=b'{"batch":[' + part["body"].encode() + b"]}",
-                items=int(ends[offset] - starts[offset]),
-                rows_json=b"[" + part["rows"].encode() + b"]",
-                ids_json=b"[" + part["ids"].encode() + b"]",
+                body=b'{"batch":[' + _part(items, item_ends, a, b) + b"]}",
+                items=b - a,
+                rows_json=b"[" + _part(rows, row_ends, a, b) + b"]",
+                ids_json=b"[" + _part(ids, id_ends, a, b) + b"]",
                 sources=runs,
                 source=self._name(runs[0][0]),
-                first_row=int(part["first_row"]),
-                last_row=int(part["last_row"]),
-                has_add=bool(part["has_add"]),
-                id_keys=frozenset(part["keys"]),
+                first_row=int(row_numbers[a]),
+                last_row=int(row_numbers[b - 1]),
+                has_add=bool(adds[a:b].any()),
+                id_keys=frozenset(key_values[a:b].tolist()),
             )
+
+
+def _buffer(column: pl.Series) -> tuple[bytes, np.ndarray]:
+    """A text column's bytes end to end (one copy), and the offset just after each text."""
+    import pyarrow as pa
+
+    array = column.rechunk().to_arrow()
+    if array.type != pa.large_string():
+        array = array.cast(pa.large_string())
+    _, offsets, data = array.buffers()
+    ends = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    base = int(ends[0])
+    return data.to_pybytes()[base : int(ends[-1])], ends[1:] - base
+
+
+def _part(joined: bytes, ends: np.ndarray, a: int, b: int) -> bytes:
+    """Texts ``a`` to ``b`` (exclusive) of a buffer of comma-terminated texts, without the
+    last comma."""
+    start = int(ends[a - 1]) if a else 0
+    return joined[start : int(ends[b - 1]) - 1]
+
+
+def _runs(sources: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Runs of (source index, items) in order."""
+    edges = np.flatnonzero(np.diff(sources)) + 1
+    starts = np.concatenate(([0], edges))
+    counts = np.diff(np.concatenate((starts, [len(sources)])))
+    return tuple((int(sources[i]), int(c)) for i, c in zip(starts, counts, strict=True))

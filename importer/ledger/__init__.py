@@ -43,7 +43,8 @@ an instant, which a starting run waits out instead of failing (see ``lock.py``).
 Tables (schema version 3), for querying with ``sqlite3``
 --------------------------------------------------------
 Timestamps are UTC ISO 8601 text with microseconds (``2026-11-29T23:45:00.123456Z``), so they
-sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compressed.
+sort as text. JSON columns are text; ``*_z`` columns are zlib-compressed, ``body`` is zstd
+(zlib in ledgers written by fyno-import 0.1).
 
 ``runs`` — one row per run (a resumed run keeps its row)
     run_id        text, time-sortable: ``20261129T234500Z-1a2b3c``
@@ -83,7 +84,7 @@ sort as text. JSON columns are text; ``*_z`` / ``body`` columns are zlib-compres
     status        pending | in_flight | accepted | failed | refused | ambiguous | abandoned
     attempts      requests sent for it, over all tries
     http_status, request_id, error     of its last answer (error is a short, key-free text)
-    body          zlib: the exact request body; NULL once accepted
+    body          zstd: the exact request body; NULL once accepted
     rows_z        zlib: JSON array, the source row of each item in body order; NULL once accepted
     ids_z         zlib: JSON array, the distinct_id of each item in body order; kept
     sources_z     zlib: JSON array of [source_idx, items] runs in body order, when the chunk

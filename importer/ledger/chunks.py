@@ -16,7 +16,14 @@ from typing import Any, Final
 import orjson
 
 from importer.errors import LedgerError
-from importer.ledger.store import Store, compress, decode_z, sql_list
+from importer.ledger.store import (
+    Store,
+    compress,
+    compress_body,
+    decode_z,
+    decompress_body,
+    sql_list,
+)
 from importer.ledger.summaries import refresh_summary
 from importer.model import Chunk, ChunkOutcome, ChunkStatus, PackedChunk
 
@@ -54,7 +61,7 @@ _AMBIGUOUS_SQL: Final = (
 def pack_chunk(chunk: Chunk) -> PackedChunk:
     """Compress a chunk for the ledger; pure, so a reader thread can do it off the event loop."""
     return PackedChunk(
-        body_z=compress(chunk.body),
+        body_z=compress_body(chunk.body),
         rows_z=compress(chunk.rows_json),
         ids_z=compress(chunk.ids_json),
     )
@@ -254,7 +261,7 @@ class ChunksMixin(Store):
         return Chunk(
             chunk_id=chunk_id,
             seq=seq,
-            body=zlib.decompress(body),
+            body=decompress_body(body),
             items=items,
             rows_json=zlib.decompress(rows_z),
             ids_json=ids_json,

@@ -26,7 +26,7 @@ from importer.errors import LedgerError, LedgerWriteError
 from importer.ledger.lock import acquire, lock_path_for, probe
 from importer.model import ChunkStatus
 
-_ZLEVEL: Final = 1  # ~3x on JSON bodies at a fraction of level 6's cost: this is the hot path
+_ZLEVEL: Final = 1  # ~3x on JSON at a fraction of level 6's cost
 _DAMAGED_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 CORRUPT_HINT: Final = (
     "use another --ledger path; fyno-import never overwrites or repairs an existing file"
@@ -34,8 +34,29 @@ CORRUPT_HINT: Final = (
 
 
 def compress(data: bytes) -> bytes:
-    """zlib at the ledger's level, for bodies, row maps and id lists."""
+    """zlib at the ledger's level, for the row maps and id lists (small; ``sqlite3`` users can
+    read them with Python's own zlib)."""
     return zlib.compress(data, _ZLEVEL)
+
+
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_ZSTD_LEVEL: Final = 1  # measured on a 109 KB body: 204 us and 13 KB, zlib level 1 631 us and 15 KB
+
+
+def compress_body(data: bytes) -> bytes:
+    """zstd for request bodies: written before every request, so the hot path of the ledger."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
+
+
+def decompress_body(data: bytes) -> bytes:
+    """A body as ``compress_body`` wrote it (or zlib, as ledgers of fyno-import 0.1 did)."""
+    if data[:4] == _ZSTD_MAGIC:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(data)
+    return zlib.decompress(data)
 
 
 def decode_z(data: bytes) -> Any:

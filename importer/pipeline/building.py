@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from importer.events import NullReporter, Reporter, RowsRead
 from importer.model import Chunk
 from importer.pipeline.options import ImportOptions
 from importer.pipeline.reading import Prepared, close_all, open_sources, prepare, transformed
+from importer.pipeline.spill import ItemSpill
+from importer.transform import REJECT_SCHEMA, TransformResult
+
+_NO_REJECTS = pl.DataFrame(schema=REJECT_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,22 +83,22 @@ def import_chunks(
     changed: ChangedOnly | None = None,
     counts: BuildCounts | None = None,
     build_bodies: bool = True,
+    spill: ItemSpill | None = None,
 ) -> Iterator[Chunk | SourceChunked]:
-    """Every chunk of the import in order, and after each source where its items went."""
+    """Every chunk of the import in order, and after each source where its items went; from
+    pass 1's ``spill`` when there is one, else by reading and transforming the sources again."""
     chunker = new_chunker(
         todo, options, build_bodies=build_bodies, sync=changed.key if changed else None
     )
     counts = counts if counts is not None else BuildCounts()
-    keep = changed.keep if changed else None
-    for index, prepared in todo:
+    for index, made in _items_by_source(todo, options, reporter, changed, spill):
         first: int | None = None
-        for batch, result in transformed(prepared, options.shard, keep=keep):
+        for result in made:
             if first is None and result.items.height:
                 first = chunker.open_seq
             counts.rows_unchanged += result.rows_unchanged
             counts.items += result.items.height
             yield from chunker.add(result.items, index)
-            reporter.emit(RowsRead(batch.height))
         last = None
         if first is not None:
             last = chunker.open_seq if chunker.open_items else chunker.open_seq - 1
@@ -103,6 +108,45 @@ def import_chunks(
         yield from chunker.add(changed.missing_items, STATE_SOURCE)
     yield from chunker.finish()
     counts.chunks, counts.bytes = chunker.chunks, chunker.bytes
+
+
+def _items_by_source(
+    todo: Sequence[tuple[int, Prepared]],
+    options: ImportOptions,
+    reporter: Reporter,
+    changed: ChangedOnly | None,
+    spill: ItemSpill | None,
+) -> Iterator[tuple[int, Iterator[TransformResult]]]:
+    """Each source's index and its batches' results, in import order."""
+    if spill is not None:  # a source without batches (an empty file) has no group
+        groups = itertools.groupby(spill.batches(), key=lambda b: b[0])
+        group = next(groups, None)
+        for index, _ in todo:
+            if group is not None and group[0] == index:
+                yield index, _spilled(group[1], reporter)
+                group = next(groups, None)
+            else:
+                yield index, iter(())
+        return
+    keep = changed.keep if changed else None
+    for index, prepared in todo:
+        yield index, _transformed(prepared, options, reporter, keep)
+
+
+def _spilled(
+    batches: Iterator[tuple[int, int, pl.DataFrame]], reporter: Reporter
+) -> Iterator[TransformResult]:
+    for _, rows, items in batches:
+        reporter.emit(RowsRead(rows))
+        yield TransformResult(items=items, rejects=_NO_REJECTS, rows_valid=items.height)
+
+
+def _transformed(
+    prepared: Prepared, options: ImportOptions, reporter: Reporter, keep: pl.DataFrame | None
+) -> Iterator[TransformResult]:
+    for batch, result in transformed(prepared, options.shard, keep=keep):
+        reporter.emit(RowsRead(batch.height))
+        yield result
 
 
 def preview(options: ImportOptions, count: int, reporter: Reporter | None = None) -> list[bytes]:

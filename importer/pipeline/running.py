@@ -39,6 +39,7 @@ from importer.pipeline.resume import (
 )
 from importer.pipeline.sending import ChunkReady, LedgerRecorder, Message, Produce, send_produced
 from importer.pipeline.signals import sigterm_stops_the_command
+from importer.pipeline.spill import ItemSpill
 from importer.pipeline.summary import RunSummary
 from importer.pipeline.syncing import (
     advance,
@@ -128,11 +129,15 @@ def _run(
             ledger.lock_for_run()
             with opened_sync(options, target, summary, rows_hint=expected_rows(prepared)) as sync:
                 run = _Run(ledger, options, summary, reporter, target, prepared, sync)
-                resumed = run.plan()
-                if run.finished_by_its_state(resumed):
-                    return summary
-                run.start(resumed)
-                run.send()
+                try:
+                    resumed = run.plan()
+                    if run.finished_by_its_state(resumed):
+                        return summary
+                    run.start(resumed)
+                    run.send()
+                finally:
+                    if run.spill is not None:
+                        run.spill.close()
     finally:
         close_all(sources)
     return summary
@@ -153,6 +158,7 @@ class _Run:
     run_id: str = ""
     changed: ChangedOnly | None = None  # --changed-only: what the comparison decided
     counts: BuildCounts = field(default_factory=BuildCounts)
+    spill: ItemSpill | None = None  # pass 1's items, read back by pass 2
 
     @property
     def chunk_key(self) -> str:
@@ -183,7 +189,9 @@ class _Run:
             else self.ledger.imported_sources(fingerprints, exclude_run=run.run_id if run else None)
         )
         self.todo = sources_to_send(self.prepared, imported, self.summary, self.reporter)
-        validate_all(self.todo, options, self.summary, self.reporter, self.sync)
+        if self.sync is None:  # --changed-only masks what is unchanged: it builds again
+            self.spill = ItemSpill()
+        validate_all(self.todo, options, self.summary, self.reporter, self.sync, self.spill)
         check_reject_rate(self.summary, options.settings)
         if self.sync is not None:
             self.changed = compare(self.sync, self.summary)
@@ -289,7 +297,12 @@ class _Run:
 
         def produce(put: Callable[[Message], None], stop: threading.Event) -> None:
             chunks = import_chunks(
-                self.todo, self.options, self.reporter, changed=self.changed, counts=self.counts
+                self.todo,
+                self.options,
+                self.reporter,
+                changed=self.changed,
+                counts=self.counts,
+                spill=self.spill,
             )
             for made in chunks:
                 if stop.is_set():

@@ -27,6 +27,7 @@ from importer.pipeline.signals import sigterm_stops_the_command
 from importer.pipeline.summary import RunSummary, SourceSummary
 
 if TYPE_CHECKING:
+    from importer.pipeline.spill import ItemSpill
     from importer.sync import SyncRun
 
 
@@ -90,10 +91,11 @@ def validate_all(
     summary: RunSummary,
     reporter: Reporter,
     sync: SyncRun | None = None,
+    spill: ItemSpill | None = None,
 ) -> None:
     """Pass 1 over the sources to send, (index, source) in order: the rejects file, row counts,
     and the items and chunks they make (cut over the whole import, as pass 2 will); under
-    --changed-only, each valid row's contributions go to ``sync``."""
+    --changed-only, each valid row's contributions go to ``sync``; the items to ``spill``."""
     reporter.emit(PhaseStarted(Phase.VALIDATING, row_total([p for _, p in todo])))
     writer = RejectsWriter(options.rejects)
     summary.rejects = str(options.rejects)
@@ -102,7 +104,7 @@ def validate_all(
         for index, item in todo:
             per_source = summary.sources[index]
             _validate_source(
-                index, item, per_source, options, summary, reporter, writer, chunker, sync
+                index, item, per_source, options, summary, reporter, writer, chunker, sync, spill
             )
         for _ in chunker.finish():
             pass
@@ -123,11 +125,14 @@ def _validate_source(
     writer: RejectsWriter,
     chunker: Chunker,
     sync: SyncRun | None,
+    spill: ItemSpill | None,
 ) -> None:
     seen = [0]  # rows in the file, whatever the shard
     for batch, result in transformed(item, options.shard, seen, contribute=sync is not None):
         if sync is not None:
             sync.contribute(item.transformer, result, index)
+        if spill is not None:
+            spill.write(index, batch.height, result.items)
         writer.write(item.source.name, result.rejects)
         summary.add_rows(
             per_source,
