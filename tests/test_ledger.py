@@ -174,6 +174,7 @@ def test_accepted_chunk_drops_body_and_rows_but_keeps_ids(ledger: Ledger) -> Non
     ledger.record_outcome(run, chunk, FAILED)
     ledger.record_in_flight(run, chunk)
     ledger.record_outcome(run, chunk, ACCEPTED)
+    ledger.flush()  # an outcome is committed with the next write; another reader waits for it
 
     ((body, rows_z, ids_z, status, attempts, items, size),) = raw(
         ledger.path,
@@ -188,11 +189,30 @@ def test_accepted_chunk_drops_body_and_rows_but_keeps_ids(ledger: Ledger) -> Non
         list(ledger.load_chunks(run, {ChunkStatus.ACCEPTED}))
 
 
+def test_an_outcome_is_committed_with_the_next_write(ledger: Ledger) -> None:
+    """An outcome needs no commit of its own: this process reads it at once, the file holds it
+    once the next chunk is recorded in flight (one commit per chunk on the sending path)."""
+    run = new_run(ledger)
+    first, second = make_chunk(), make_chunk()
+    sent(ledger, run, first, ACCEPTED)
+    assert ledger.chunk_statuses(run)[first.chunk_id] is ChunkStatus.ACCEPTED
+    third = make_chunk()
+    sent(ledger, run, third, FAILED)
+    assert raw(ledger.path, "SELECT status FROM chunks WHERE chunk_id=?", third.chunk_id) == [
+        ("in_flight",)
+    ]  # a reader elsewhere sees the chunk as it was before its answer
+    ledger.record_in_flight(run, second)
+    assert raw(ledger.path, "SELECT status FROM chunks WHERE chunk_id=?", third.chunk_id) == [
+        ("failed",)
+    ]
+
+
 def test_failed_chunk_keeps_its_body_and_last_answer(ledger: Ledger) -> None:
     """A failed chunk keeps its body for retry, with the last HTTP status and error text."""
     run = new_run(ledger)
     chunk = make_chunk()
     sent(ledger, run, chunk, FAILED)
+    ledger.flush()
 
     ((http_status, error, attempts),) = raw(
         ledger.path,

@@ -136,18 +136,27 @@ class ChunksMixin(Store):
         """Commit the chunk as in flight with its body; call before its request is sent.
 
         ``packed`` is the chunk already compressed by ``pack_chunk`` (e.g. in another thread).
+        The outcomes recorded since the last commit are written in the same transaction.
         """
         params = _chunk_params(run_id, chunk, self._now(), packed)  # outside the lock
         with self._mutex:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
+                self._run_deferred(self._conn)
                 self._conn.execute(_IN_FLIGHT_SQL, params)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as e:
                 raise self._write_error(f"chunk {chunk.chunk_id}", e) from None
 
     def record_outcome(self, run_id: str, chunk: Chunk, outcome: ChunkOutcome) -> None:
-        """Commit the chunk's final answer; an accepted chunk's body and rows are dropped."""
+        """Record the chunk's final answer; an accepted chunk's body and rows are dropped.
+
+        It is committed with the next write (the next chunk's in-flight record, the run's end)
+        or before the next read, not on its own: one commit per chunk instead of two on the
+        sending path. A crash in between leaves the chunk in flight in the ledger, which is what
+        it was before the answer: a resume resends it if it is idempotent, and calls it
+        ambiguous if it carries $add, as for any chunk whose answer was not recorded.
+        """
         now = self._now()
         params = (
             str(outcome.status),
@@ -160,18 +169,17 @@ class ChunksMixin(Store):
             chunk.chunk_id,
         )
         errors = _item_errors(run_id, chunk, outcome)
+
+        def write(conn: sqlite3.Connection) -> None:
+            if conn.execute(_OUTCOME_SQL, params).rowcount == 0:
+                # Never recorded in flight (a caller's slip): keep the outcome, not lose it.
+                conn.execute(_IN_FLIGHT_SQL, _chunk_params(run_id, chunk, now, None))
+                conn.execute(_OUTCOME_SQL, params)
+            if errors:
+                conn.executemany(_ITEM_ERROR_SQL, errors)
+
         with self._mutex:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                if self._conn.execute(_OUTCOME_SQL, params).rowcount == 0:
-                    # Never recorded in flight (a caller's slip): keep the outcome, not lose it.
-                    self._conn.execute(_IN_FLIGHT_SQL, _chunk_params(run_id, chunk, now, None))
-                    self._conn.execute(_OUTCOME_SQL, params)
-                if errors:
-                    self._conn.executemany(_ITEM_ERROR_SQL, errors)
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise self._write_error(f"the outcome of chunk {chunk.chunk_id}", e) from None
+            self._deferred.append(write)
 
     def mark_ambiguous(self, run_id: str, chunk_id: str, error: str) -> None:
         """Close an in-flight chunk found after a crash as ambiguous (counted as one attempt)."""

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -92,10 +92,26 @@ class Store:
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
         self._last_micros = 0
+        # Writes that need no commit of their own (a chunk's final outcome): done in the next
+        # transaction, before anything reads the ledger (see ChunksMixin.record_outcome)
+        self._deferred: list[Callable[[sqlite3.Connection], None]] = []
+
+    def _run_deferred(self, conn: sqlite3.Connection) -> None:
+        """Do the deferred writes inside the caller's open transaction."""
+        while self._deferred:
+            self._deferred.pop(0)(conn)
+
+    def flush(self) -> None:
+        """Commit the deferred writes now."""
+        if self._deferred:
+            with self._writing("deferred outcomes"):
+                pass
 
     def close(self) -> None:
-        """Close the connection and release the run lock, if held."""
+        """Commit what is deferred, close the connection and release the run lock, if held."""
         with self._mutex:
+            with contextlib.suppress(LedgerError):
+                self.flush()
             self._conn.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # closing the descriptor releases the flock
@@ -153,6 +169,7 @@ class Store:
         with self._mutex:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
+                self._run_deferred(self._conn)
                 yield self._conn
                 self._conn.execute("COMMIT")
             except sqlite3.Error as e:
@@ -166,6 +183,7 @@ class Store:
     def _reading(self) -> Iterator[sqlite3.Connection]:
         """The connection for reading; any sqlite failure becomes LedgerError."""
         with self._mutex:
+            self.flush()  # a reader in this process sees every outcome it was given
             try:
                 yield self._conn
             except sqlite3.Error as e:

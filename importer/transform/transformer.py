@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -34,6 +34,7 @@ from importer.transform.values import (
     MAX_I64,
     MAX_STRING,
     Converted,
+    Fallback,
     convert,
     default_type,
     json_value,
@@ -89,6 +90,7 @@ class _Column:
     fragment: pl.Expr | None  # `"name":value` for the first item (scalar columns), or null
     pieces: pl.Expr | None  # list of `"name":value` fragments, one per item (spreading columns)
     unset_names: pl.Expr | None  # JSON names (`"a","b"`) this column clears, or null
+    fallbacks: tuple[Fallback, ...] = ()  # scratch columns' slower second ways
 
 
 class Transformer:
@@ -149,6 +151,7 @@ class Transformer:
 
         unset: list[pl.Expr] = []
         prepared: tuple[tuple[str, pl.Expr], ...] = ()
+        fallbacks: tuple[Fallback, ...] = ()
         if spec.on_null == "reject":
             check(is_null, pl.lit(f"{spec.label}: empty (on_null: reject)"))
         elif spec.on_null == "unset" and spec.op != "unset":
@@ -187,7 +190,7 @@ class Transformer:
         else:
             converted = convert(raw, dtype, vtype, spec, scratch=f"__v{index}__")
             check(~is_null & converted.invalid, converted.reason)
-            prepared = converted.prepared
+            prepared, fallbacks = converted.prepared, converted.fallbacks
             # a null value gives a null json, and concat_str passes the null on: property left out
             fragment = pl.concat_str([pl.lit(name_json + ":"), converted.json])
 
@@ -196,6 +199,7 @@ class Transformer:
             op=spec.op,
             checks=checks,
             prepared=prepared,
+            fallbacks=fallbacks,
             fragment=fragment,
             pieces=pieces,
             unset_names=(
@@ -210,9 +214,7 @@ class Transformer:
         for column, source in zip(self._columns, self.inputs.properties, strict=True):
             if column.spec.value is None or not column.checks:
                 continue
-            frame = pl.LazyFrame({ROW: [1]})
-            if column.prepared:
-                frame = frame.with_columns(e.alias(name) for name, e in column.prepared)
+            frame = _scratch(pl.LazyFrame({ROW: [1]}), [column])
             flags = [k.invalid.fill_null(False) for k in column.checks]
             found = frame.select(_reasons(flags, column.checks)).collect().item()
             if found:
@@ -320,9 +322,7 @@ class Transformer:
         computed = self.inputs.computed()
         if computed:  # each expression once, then read by the checks and the fragments
             frame = frame.with_columns(computed)
-        prepared = [e.alias(name) for c in self._columns for name, e in c.prepared]
-        if prepared:  # parsed once, then read by both the checks and the JSON fragments
-            frame = frame.with_columns(prepared)
+        frame = _scratch(frame, self._columns)
         checked = frame.with_columns(
             pl.any_horizontal(flags).alias("__bad__"),
             distinct_id.alias("__id__"),
@@ -530,6 +530,24 @@ def _json_str(text: str) -> str:
 
 def _empty_to_null(text: pl.Expr) -> pl.Expr:
     return pl.when(text != "").then(text)
+
+
+def _scratch(frame: pl.LazyFrame, columns: Sequence[_Column]) -> pl.LazyFrame:
+    """The frame with every column's scratch values: parsed once, then read by both the checks
+    and the JSON fragments; a slower second way only on the rows the first left null."""
+    for column in columns:  # in order: a scratch value may read the one before it
+        for name, expr in column.prepared:
+            frame = frame.with_columns(expr.alias(name))
+    fallbacks = [f for c in columns for f in c.fallbacks]
+    if not fallbacks:
+        return frame
+    done = frame.collect()
+    for fallback in fallbacks:
+        rows = done.select(fallback.missing.fill_null(False)).to_series().arg_true()
+        if rows.len():
+            values = done[rows].select(fallback.slow).to_series()
+            done = done.with_columns(done[fallback.name].scatter(rows, values))
+    return done.lazy()
 
 
 def _split_ragged(batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:

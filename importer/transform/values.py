@@ -19,6 +19,8 @@ _NUMBER = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
 MAX_I64 = 2.0**63
+_USUAL_ISO = "%Y-%m-%dT%H:%M:%S%.fZ"
+_USUAL_LENGTH = len("2024-03-01T10:00:00Z")
 _SHOWN = 60  # characters of a bad value quoted in a reason
 
 
@@ -130,6 +132,21 @@ class Converted:
     # Expensive intermediates (a parsed timestamp) that `json` and `invalid` read by name:
     # computed once per batch, since polars' CSE does not reach inside nested when/concat_str.
     prepared: tuple[tuple[str, pl.Expr], ...] = ()
+    fallbacks: tuple[Fallback, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """A scratch column's second, slower way, for the rows its first way left null.
+
+    polars evaluates every branch of a ``when`` over every row, so a cheap parse that reads
+    nearly every value, then the full one on only the few rows it could not read, must be two
+    steps on the frame: the transformer applies them (``Transformer._scratch``).
+    """
+
+    name: str
+    missing: pl.Expr  # the rows the first way could not read, though they hold a value
+    slow: pl.Expr  # the value by the second way, over the source's columns
 
 
 def _prepare(expr: pl.Expr, scratch: str | None) -> tuple[pl.Expr, tuple[tuple[str, pl.Expr], ...]]:
@@ -256,14 +273,63 @@ def _convert_temporal(
         text = value.cast(pl.String).str.strip_chars()
         if date_only and spec.format is not None:
             stamp = text.str.to_date(spec.format, strict=False).cast(pl.Datetime("us"))
+        elif spec.format is None and scratch is not None:
+            # The usual export writes 2024-03-01T10:00:00Z (or .123Z): one format reads it; the
+            # rewriting of every other ISO 8601 variant runs only on the rows it could not read
+            # (measured: 1.9 of 4.8 s of a 1.5M-row CSV's transform went to that rewriting).
+            fast = text.str.to_datetime(_USUAL_ISO, strict=False, time_unit="us")
+            missing = pl.col(scratch).is_null() & (text != "")
+            fallback = Fallback(scratch, missing, _parse_datetime(text, None))
+            stamp, prepared = _prepare(fast, scratch)
+            if date_only:
+                return _temporal_result(value, stamp, prepared, (fallback,), date_only, spec)
+            return _usual_datetime(value, text, scratch, prepared, fallback, spec)
         else:
             stamp = _parse_datetime(text, spec.format)
     stamp, prepared = _prepare(stamp, scratch)
+    return _temporal_result(value, stamp, prepared, (), date_only, spec)
+
+
+def _usual_datetime(
+    value: pl.Expr,
+    text: pl.Expr,
+    scratch: str,
+    prepared: tuple[tuple[str, pl.Expr], ...],
+    fallback: Fallback,
+    spec: PropertySpec,
+) -> Converted:
+    """A text datetime read the usual way: a value already written as ``2024-03-01T10:00:00Z``
+    is its own output (formatting every timestamp cost 0.28 s per 1.5M rows); the others are
+    formatted, as a second step on their rows only."""
+    written = f"{scratch}t"
+    stamp = pl.col(scratch)
+    usual = pl.when(stamp.is_not_null() & (text.str.len_bytes() == _USUAL_LENGTH)).then(text)
+    formatted = Fallback(
+        written, pl.col(written).is_null() & stamp.is_not_null(), _datetime_text(stamp)
+    )
+    reason = reason_text(spec.label, value, "is not a datetime (ISO 8601, or set format:)")
+    return Converted(
+        _quoted(pl.col(written)),
+        value.is_not_null() & stamp.is_null(),
+        reason,
+        (*prepared, (written, usual)),
+        (fallback, formatted),
+    )
+
+
+def _temporal_result(
+    value: pl.Expr,
+    stamp: pl.Expr,
+    prepared: tuple[tuple[str, pl.Expr], ...],
+    fallbacks: tuple[Fallback, ...],
+    date_only: bool,
+    spec: PropertySpec,
+) -> Converted:
     kind = "date" if date_only else "datetime"
     layout = f" in format {spec.format}" if spec.format else " (ISO 8601, or set format:)"
     out = _quoted(stamp.dt.to_string("%Y-%m-%d")) if date_only else _quoted(_datetime_text(stamp))
     reason = reason_text(spec.label, value, f"is not a {kind}{layout}")
-    return Converted(out, value.is_not_null() & stamp.is_null(), reason, prepared)
+    return Converted(out, value.is_not_null() & stamp.is_null(), reason, prepared, fallbacks)
 
 
 def _convert_list(value: pl.Expr, spec: PropertySpec) -> Converted:
