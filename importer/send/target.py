@@ -90,21 +90,20 @@ def check_api_version(version: str) -> str:
 
 
 def make_client(target: Target, send: SendConfig) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` with the key, a pool sized to the concurrency, no proxy lookup."""
+    """An ``httpx.AsyncClient`` with the key, a pool sized to the concurrency, no proxy lookup,
+    over the lean transport (``transport``)."""
     import httpx
 
-    limits = httpx.Limits(
-        max_connections=send.concurrency,
-        max_keepalive_connections=send.concurrency,
-        keepalive_expiry=KEEPALIVE_EXPIRY_S,
-    )
+    from importer.send.transport import LeanTransport
+
+    transport = LeanTransport(max_connections=send.concurrency, keepalive_expiry=KEEPALIVE_EXPIRY_S)
     return httpx.AsyncClient(
+        transport=transport,
         headers={
             "Authorization": f"Bearer {target.api_key}",
             "Content-Type": "application/json",
             "User-Agent": "fyno-import",
         },
-        limits=limits,
         timeout=send.timeout,
         trust_env=False,
     )
