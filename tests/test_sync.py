@@ -335,7 +335,8 @@ def test_the_state_in_a_bucket_links_runs_from_different_working_directories(
 
 def test_a_state_of_another_target_or_a_damaged_one_is_exit_2(tmp_path: Path) -> None:
     """A state written for another base URL is never used (exit 2, naming both); a damaged one
-    is exit 2 with what to do; a locked one is exit 2 naming the holder."""
+    is exit 2 with what to do, and --full-resync writes a new one over it; a locked one is exit
+    2 naming the holder."""
     source = write_rows(tmp_path / "n.csv", rows_of(3))
     with emulator() as (server, _):
         nightly(tmp_path, source, server.url)
@@ -347,6 +348,10 @@ def test_a_state_of_another_target_or_a_damaged_one_is_exit_2(tmp_path: Path) ->
         code, summary, err = nightly(tmp_path, source, other.url)
         assert code == 2 and "damaged" in summary["error"] and "--full-resync" in err
         assert requests_total(other.stats()) == 0
+        code, summary, _ = nightly(tmp_path, source, other.url, "--full-resync")  # as the hint says
+        assert code == 0 and summary["profiles_changed"] == 3 and summary["state_advanced"]
+        code, summary, _ = nightly(tmp_path, source, other.url)
+        assert code == 0 and summary["items_sent"] == 0 and summary["rows_unchanged"] == 3
         holder = subprocess.Popen(
             [
                 sys.executable,

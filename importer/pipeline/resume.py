@@ -44,11 +44,17 @@ def resumable_run(
     if run is None or force or (changed_only and run.status.is_finished):
         return None
     if run.mapping_hash != mapping_hash or run.chunk_key != chunk_key:
+        what = "unfinished" if not run.status.is_finished else "left chunks not accepted"
+        other = (
+            "another mapping"
+            if run.mapping_hash != mapping_hash
+            else "other chunk settings (batch size, max batch bytes, or --changed-only and the "
+            "state it compared with)"
+        )
         raise RunConflictError(
-            f"run {run.run_id} on these sources is unfinished and used another "
-            "mapping or other chunk settings (batch size, max batch bytes, shard)",
-            hint="run it again with its own mapping and settings to finish it, or pass "
-            "--force to start afresh",
+            f"run {run.run_id} on these sources {what} and used {other}",
+            hint="run it again with its own mapping and settings to finish it (or `retry "
+            f"--run {run.run_id}`), or pass --force to start afresh",
         )
     return run
 

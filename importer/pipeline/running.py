@@ -289,6 +289,7 @@ class _Run:
         if self.sync is None:
             return
         self.summary.chunks_total = self.counts.chunks
+        self.summary.items_total, self.summary.bytes_total = self.counts.items, self.counts.bytes
         self.summary.rows_unchanged = self.counts.rows_unchanged
         advance(self.sync, self.ledger, self.run_id, self.options, self.target, self.summary)
 
@@ -313,7 +314,7 @@ class _Run:
                 status = known.get(made.chunk_id)
                 if status is not None and status.is_settled:
                     put(ChunkReady(made))
-                else:  # zlib releases the GIL: compressing here keeps it off the event loop
+                else:  # zstd releases the GIL: compressing here keeps it off the event loop
                     put(ChunkReady(replace(made, packed=pack_chunk(made))))
 
         return produce

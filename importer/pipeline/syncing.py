@@ -52,7 +52,8 @@ def opened_sync(
             where = stack.enter_context(tempfile.TemporaryDirectory(prefix="fyno-import-state-"))
         where = where or options.state_path()
         summary.state = where
-        state = SyncState.open(state_files(where, options.mapping.source.storage_options))
+        files = state_files(where, options.mapping.source.storage_options)
+        state = SyncState.open(files, rewrite=options.full_resync)
         stack.callback(state.close)
         if target is not None:
             state.check(target, options.shard)

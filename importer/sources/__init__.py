@@ -1,8 +1,9 @@
 """Sources: SOURCE arguments → files and objects → polars batches with their row numbers.
 
 Owns finding the files of an import (``resolve``), reading one of them in bounded batches with a
-1-based ``__row__`` column and its fingerprint (``source``), locating what makes a CSV unreadable
-(``problems``) and object stores (``remote``). It knows the mapping's reader options only, never
+1-based ``__row__`` column and its fingerprint (``source``), finding the CSV records whose field
+count is not the header's (``records``), locating what makes a CSV unreadable (``problems``) and
+object stores (``remote``). It knows the mapping's reader options only, never
 its properties, and nothing of items, chunks or sending.
 """
 

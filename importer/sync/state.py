@@ -144,13 +144,21 @@ class SyncState:
     _locked: bool = field(default=False, repr=False)
 
     @classmethod
-    def open(cls, files: StateFiles) -> SyncState:
-        """Lock the state and read its manifest."""
+    def open(cls, files: StateFiles, *, rewrite: bool = False) -> SyncState:
+        """Lock the state and read its manifest.
+
+        With ``rewrite`` (--full-resync) a manifest this tool cannot read, damaged or of another
+        format, is taken as no state: the run sends everything and writes a new one over it.
+        """
         files.lock()
         state = cls(files, _locked=True)
         try:
             data = files.read(MANIFEST)
             state.manifest = None if data is None else Manifest.parse(data, files.where)
+        except StateError:
+            if not rewrite:
+                state.close()
+                raise
         except BaseException:
             state.close()
             raise
@@ -213,7 +221,7 @@ class SyncState:
         base: Manifest,
     ) -> Manifest:
         """Write a new generation from ``parts``, then make it current in one atomic step."""
-        generation = (self.manifest.generation + 1) if self.manifest else 1
+        generation = self._next_generation()
         profiles = 0
         for index, frame in parts:
             if frame.height:
@@ -235,6 +243,12 @@ class SyncState:
         self.manifest = manifest
         self.remove_other_generations()
         return manifest
+
+    def _next_generation(self) -> int:
+        """One above the current generation and any other one on disk (a damaged state's, or a
+        crashed write's), so that no part of another generation is read as one of the new."""
+        found = [int(m.group(1)) for n in self.files.names() if (m := _GENERATION.match(n))]
+        return max([self.manifest.generation if self.manifest else 0, *found]) + 1
 
     def remove_other_generations(self) -> None:
         """Delete generations other than the current one (old ones, or a crashed write's)."""
