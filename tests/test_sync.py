@@ -185,6 +185,8 @@ def test_a_second_night_sends_exactly_the_changed_profiles_and_properties(tmp_pa
         }
         assert second["profiles_changed"] == 6 and second["rows_unchanged"] == 33
         assert second["profiles_missing"] == 0
+        assert second["items_total"] == second["items_sent"] == sum(map(len, got.values()))
+        assert second["bytes_total"] == second["bytes_sent"] == sum(map(len, log.bodies[before:]))
         before = requests_total(server.stats())
         code, third, _ = nightly(tmp_path, tmp_path / "n2.csv", server.url)
         assert code == 0 and third["items_sent"] == 0 and third["chunks_total"] == 0
