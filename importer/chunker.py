@@ -180,11 +180,9 @@ class Chunker:
         self, closed: pl.DataFrame, starts: list[int], ends: list[int], first_seq: int
     ) -> Iterator[Chunk]:
         """Every closed chunk of a buffer. Chunks are consecutive runs of items, so each column
-        becomes one buffer of comma-terminated texts (Arrow's, no copy per item) and each
-        chunk's part is a byte slice of it."""
-        texts = closed.select(
-            pl.col("item") + ",", pl.col(ROW).cast(pl.String) + ",", pl.col("id_json") + ","
-        )
+        becomes one buffer of comma-separated texts (joined by polars, no copy per item) and
+        each chunk's part is a byte slice of it."""
+        texts = closed.select("item", pl.col(ROW).cast(pl.String), "id_json")
         (items, item_ends), (rows, row_ends), (ids, id_ends) = map(_buffer, texts.get_columns())
         row_numbers = closed[ROW].to_numpy()
         adds = closed["has_add"].to_numpy()
@@ -210,21 +208,16 @@ class Chunker:
 
 
 def _buffer(column: pl.Series) -> tuple[bytes, np.ndarray]:
-    """A text column's bytes end to end (one copy), and the offset just after each text."""
-    import pyarrow as pa
-
-    array = column.rechunk().to_arrow()
-    if array.type != pa.large_string():
-        array = array.cast(pa.large_string())
-    _, offsets, data = array.buffers()
-    ends = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    base = int(ends[0])
-    return data.to_pybytes()[base : int(ends[-1])], ends[1:] - base
+    """A text column's texts joined by commas (one copy), and the offset just after each
+    text's comma (one past the end for the last)."""
+    joined = column.str.join(",").cast(pl.Binary).item()
+    ends = (column.str.len_bytes().cast(pl.Int64) + 1).cum_sum().to_numpy()
+    return joined, ends
 
 
 def _part(joined: bytes, ends: np.ndarray, a: int, b: int) -> bytes:
-    """Texts ``a`` to ``b`` (exclusive) of a buffer of comma-terminated texts, without the
-    last comma."""
+    """Texts ``a`` to ``b`` (exclusive) of a buffer of comma-separated texts, with the commas
+    between them."""
     start = int(ends[a - 1]) if a else 0
     return joined[start : int(ends[b - 1]) - 1]
 
