@@ -11,6 +11,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 from helpers import write
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from importer.cli import main
 from importer.errors import SourceError
@@ -459,3 +461,112 @@ def test_non_utf8_source_stops_validate_with_exit_2(tmp_path: Path, id_mapping: 
     code, err = validate(str(path), "-m", str(id_mapping), "--rejects", str(tmp_path / "r.csv"))
     assert code == 2
     assert "line 2, byte" in err and "encoding: latin1" in err
+
+
+# -- the Parquet footer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", ["polars", "pyarrow"])
+@pytest.mark.parametrize("group_rows", [1_000, 7_777, 50_000])
+def test_row_groups_are_read_from_the_footer_as_arrow_reads_them(
+    tmp_path: Path, writer: str, group_rows: int
+) -> None:
+    """The reader's windows follow the file's row groups: their sizes, read from the footer
+    alone, are what pyarrow reads, for files written by polars and by pyarrow (nested columns,
+    nulls, statistics and key-value metadata included)."""
+    import pyarrow.parquet as pq
+
+    from importer.sources.footer import row_group_rows
+
+    n = 50_000
+    frame = pl.DataFrame(
+        {
+            "id": [f"u{i}" for i in range(n)],
+            "n": list(range(n)),
+            "tags": [["a", "b"]] * n,
+            "ok": [True, None] * (n // 2),
+        }
+    )
+    path = tmp_path / "t.parquet"
+    if writer == "polars":
+        frame.write_parquet(path, row_group_size=group_rows, statistics=True)
+    else:
+        table = frame.to_arrow().replace_schema_metadata({"origin": "warehouse"})
+        pq.write_table(table, path, row_group_size=group_rows)
+    metadata = pq.ParquetFile(path).metadata
+    expected = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert row_group_rows(path) == expected
+    assert sum(expected) == n
+
+
+def test_a_file_without_a_parquet_footer_is_left_to_polars_to_word(tmp_path: Path) -> None:
+    """A truncated or foreign file raises ValueError (the caller then lets polars read it and
+    name what is wrong), never an IndexError or a hang."""
+    from importer.sources.footer import row_group_rows
+
+    good = tmp_path / "good.parquet"
+    pl.DataFrame({"id": ["u1", "u2"]}).write_parquet(good)
+    data = good.read_bytes()
+    cases = {
+        "short": b"PAR1",
+        "foreign": b"id,email\nu1,a@x.io\n" * 10,
+        "cut": data[:4] + data[len(data) // 2 :],  # footer length points before the start
+        "garbled": data[:-8] + (5).to_bytes(4, "little") + b"PAR1",
+    }
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        path.write_bytes(content)
+        with pytest.raises(ValueError):
+            row_group_rows(path)
+
+
+# -- CSV windows ----------------------------------------------------------------------------------
+
+_FIELDS = st.sampled_from(["a", "", "x y", '"q,1"', '"two\nlines"', '"say ""hi"""', "é", "1.5"])
+_RECORD = st.lists(_FIELDS, min_size=1, max_size=4).map(",".join)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    records=st.lists(_RECORD | st.just(""), min_size=0, max_size=60),
+    preamble=st.sampled_from(["", "\ufeff", "\n\n", "\ufeff\r\n"]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    last_newline=st.booleans(),
+    mark=st.integers(1, 7),
+    batch_rows=st.integers(1, 20),
+)
+def test_a_csv_read_in_windows_gives_every_record_as_polars_reads_the_whole_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    records: list[str],
+    preamble: str,
+    newline: str,
+    last_newline: bool,
+    mark: int,
+    batch_rows: int,
+) -> None:
+    """Windows cut where the record scanner saw records end (quoted newlines, blank lines,
+    ragged records, a BOM and CRLF included) read back every record, numbered and valued as
+    polars reads the file whole, in batches of at most the batch size."""
+    from importer.sources import records as record_scanner
+    from importer.sources import windows
+
+    monkeypatch.setattr(record_scanner, "MARK_RECORDS", mark)
+    monkeypatch.setattr(windows, "MARK_RECORDS", mark)
+    text = preamble + "h1,h2,h3" + newline + newline.join(records)
+    if records and last_newline:
+        text += newline
+    path = tmp_path / "w.csv"
+    path.write_bytes(text.encode())
+    whole = (
+        pl.scan_csv(path, infer_schema=False, truncate_ragged_lines=True)
+        .with_row_index(ROW, offset=1)
+        .collect()
+    )
+    source = Source(name=str(path), format="csv")
+    batches = list(source.batches(["h1", "h2", "h3"], batch_rows))
+    assert all(batch.height <= batch_rows for batch in batches)
+    got = pl.concat(batches) if batches else whole.clear()
+    assert got.select(whole.columns).rows() == whole.rows()

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from importer.errors import EmptySourceError, SourceError
 from importer.mapping import SourceOptions
+from importer.sources.footer import row_group_rows
 from importer.sources.problems import locate_csv_problem, transcode_latin1
 
 if TYPE_CHECKING:
     from importer.sources.records import RecordShape
+    from importer.sources.windows import CsvWindows
 
 Format = Literal["csv", "parquet"]
 ROW = "__row__"
@@ -53,6 +54,7 @@ class Source:
     _fingerprint: str | None = field(default=None, repr=False)
     _transcoded: Path | None = field(default=None, repr=False)
     _ragged: pl.DataFrame | None = field(default=None, repr=False)
+    _shape: RecordShape | None = field(default=None, repr=False)
 
     @property
     def remote(self) -> bool:
@@ -163,6 +165,9 @@ class Source:
         """Stream the given columns (plus ``__row__``) in bounded batches."""
         windows = self._parquet_windows(batch_rows) if self.format == "parquet" else None
         try:
+            if self.format == "csv" and (planned := self._csv_windows(batch_rows)) is not None:
+                yield from self._windowed_csv(planned, columns, batch_rows)
+                return
             if windows is None:
                 # the row number is added per batch: in the plan it makes polars read further
                 # ahead of a slower consumer (measured on CSV)
@@ -186,6 +191,38 @@ class Source:
         except Exception as exc:
             raise self._read_error(exc) from None
 
+    def _csv_windows(self, batch_rows: int) -> CsvWindows | None:
+        """A plain local CSV's windows of records (see ``windows``); None to stream it."""
+        if self.remote:
+            return None
+        self.ragged_rows()  # scans the file once, noting where records end
+        assert self._shape is not None
+        from importer.sources.windows import plan_windows
+
+        return plan_windows(self._csv_path(), self._shape, batch_rows, name=self.name)
+
+    def _windowed_csv(
+        self, planned: CsvWindows, columns: list[str], batch_rows: int
+    ) -> Iterator[pl.DataFrame]:
+        """The CSV's batches, read window by window."""
+        ragged = self.ragged_rows()
+
+        def parse(data: bytes) -> pl.DataFrame:
+            return pl.read_csv(
+                data,
+                columns=columns,
+                separator=self.delimiter,
+                infer_schema=False,
+                null_values=list(self.options.null_values),
+                truncate_ragged_lines=True,
+            )
+
+        for first, window in planned.read(parse):
+            numbered = window.with_row_index(ROW, offset=first).select([ROW, *columns])
+            marked = numbered if ragged is None else _mark_ragged(numbered, ragged)
+            for offset in range(0, marked.height, batch_rows):
+                yield marked.slice(offset, batch_rows)
+
     def ragged_rows(self) -> pl.DataFrame | None:
         """The CSV's records with another field count than the header, and why; None if none.
 
@@ -196,7 +233,7 @@ class Source:
         if self._ragged is None:
             from importer.sources.records import scan_record_shapes
 
-            shape = scan_record_shapes(self._blocks(), delimiter=self.delimiter)
+            shape = self._shape = scan_record_shapes(self._blocks(), delimiter=self.delimiter)
             if not shape.is_cleanly_quoted:
                 row = int(shape.stray_quote_rows[0])
                 raise SourceError(
@@ -222,13 +259,13 @@ class Source:
         if self.remote:
             return None
         try:
-            metadata = pq.ParquetFile(self.name).metadata
-        except Exception:
+            groups = row_group_rows(self.name)
+        except (OSError, ValueError):
             return None  # polars' own reader gives the error message
         windows: list[tuple[int, int]] = []
         start = length = 0
-        for group in range(metadata.num_row_groups):
-            length += metadata.row_group(group).num_rows
+        for rows in groups:
+            length += rows
             if length >= batch_rows * _WINDOW_BATCHES:
                 windows.append((start, length))
                 start, length = start + length, 0
