@@ -22,15 +22,14 @@ those operators, a profile sent whole or not at all ends as a full import leaves
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from importer.mapping import Mapping
 from importer.sources import ROW
@@ -87,11 +86,16 @@ class Spill:
     def __init__(self, folder: Path, partitions: int) -> None:
         self.folder = folder
         self.partitions = partitions
-        self._writers: dict[int, Any] = {}
+        self._files: dict[int, IO[bytes]] = {}
+        self._sizes: dict[int, list[int]] = {}  # per partition, the bytes of each stream in it
         self.rows = 0
 
+    def _path(self, part: int) -> Path:
+        return self.folder / f"rows-{part:04d}.arrows"
+
     def add(self, contributions: pl.DataFrame, source_index: int) -> None:
-        """One batch's contributions (from source ``source_index``)."""
+        """One batch's contributions (from source ``source_index``); each partition's part
+        appended to its file as one Arrow IPC stream."""
         if not contributions.height:
             return
         frame = contributions.with_columns(
@@ -99,31 +103,29 @@ class Spill:
             partition_of(pl.col(ID), self.partitions).alias(_PART),
         )
         self.rows += frame.height
-        for (part,), group in frame.partition_by(_PART, as_dict=True).items():
-            table = group.drop(_PART).to_arrow()
-            writer = self._writers.get(int(part))
-            if writer is None:
-                sink = pa.OSFile(str(self.folder / f"rows-{int(part):04d}.arrow"), "wb")
-                writer = self._writers[int(part)] = (sink, ipc.new_stream(sink, table.schema))
-            writer[1].write_table(table)
+        for (key,), group in frame.partition_by(_PART, as_dict=True).items():
+            part = int(key)
+            sink = self._files.get(part)
+            if sink is None:
+                sink = self._files[part] = self._path(part).open("wb")
+            start = sink.tell()
+            group.drop(_PART).write_ipc_stream(sink)
+            self._sizes.setdefault(part, []).append(sink.tell() - start)
 
     def close(self) -> None:
         """Finish every file."""
-        for sink, writer in self._writers.values():
-            writer.close()
+        for sink in self._files.values():
             sink.close()
-        self._writers.clear()
+        self._files.clear()
 
     def read(self, part: int) -> pl.DataFrame | None:
         """The rows of one partition, or None."""
-        path = self.folder / f"rows-{part:04d}.arrow"
-        if not path.exists():
+        sizes = self._sizes.get(part)
+        if not sizes:
             return None
-        with pa.memory_map(str(path)) as source:
-            table = ipc.open_stream(source).read_all()
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        return frame
+        with self._path(part).open("rb") as stored:
+            frames = [pl.read_ipc_stream(io.BytesIO(stored.read(size))) for size in sizes]
+        return pl.concat(frames, rechunk=False)
 
 
 @dataclass(frozen=True)
