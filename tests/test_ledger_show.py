@@ -137,6 +137,37 @@ Chunks
 """
 
 
+def changed_only_run(led: Ledger) -> str:
+    """A finished changed-only night: one chunk of the changed profiles, accepted."""
+    run = led.create_run(
+        source_key="nightly",
+        mapping_hash="mh",
+        chunk_key="ck",
+        shard=None,
+        settings={"batch_size": 500, "concurrency": 8, "changed_only": True, "state": "st"},
+        base_url="https://api.fyno.io",
+        workspace="WS1",
+        api_version="live",
+        sources=[("s0.csv", "fp0")],
+    )
+    sent(led, run, make_chunk(seq=0), ACCEPTED)
+    led.set_source_counts(run, 0, rows_read=6, rows_rejected=0, first_chunk=0, last_chunk=0)
+    sync = {"rows_unchanged": 3, "profiles_changed": 3, "state": "st", "state_advanced": True}
+    summary = summary_of(run, chunks_total=1, chunks_accepted=1, chunks_failed=0, **sync)
+    led.mark_run(run, RunStatus.FINISHED, summary | {"exit_code": 0})
+    return run
+
+
+def test_a_changed_only_run_says_what_changed_and_that_its_state_advanced() -> None:
+    """The report of a changed-only night counts the changed profiles and unchanged rows, and
+    says whether the state was advanced and where it is."""
+    build(changed_only_run)
+    normalise([Moment("2026-11-30T23:45:00", "2026-11-30T23:45:07.5", "a1b2c3")])
+    report = shown()
+    assert report.startswith("Changed-only run 20261130T234500Z-a1b2c3\n")
+    assert "\n  sync      3 profiles changed, 3 rows unchanged, state advanced\n" in report
+
+
 def test_a_run_with_an_ambiguous_chunk_gives_the_command_that_closes_it() -> None:
     """The ambiguous chunk is named by 12 characters, with the rows it carries, why, and the
     `ledger resolve` command that takes that short id; next: close it, or resend it."""

@@ -181,6 +181,22 @@ def _header(report: dict[str, Any], now: datetime) -> Iterator[tuple[str, tuple[
     where = report["base_url"], report["workspace"], report["api_version"]
     yield "target", ("{}, workspace {}, version {}".format(*where),)
     yield "settings", tuple(_wrapped(_settings(report), _SETTINGS_WIDTH))
+    if report["settings"].get("changed_only") and report["summary"]:
+        yield "sync", tuple(_wrapped(_sync(report["summary"]), _SETTINGS_WIDTH))
+
+
+def _sync(summary: dict[str, Any]) -> list[str]:
+    """What a changed-only run found changed, and what became of its state."""
+    words = [
+        count(summary.get("profiles_changed", 0), "profile") + " changed",
+        count(summary.get("rows_unchanged", 0), "row") + " unchanged",
+    ]
+    if summary.get("profiles_missing"):
+        words.append(count(summary["profiles_missing"], "profile") + " missing (unset)")
+    advanced = summary.get("state_advanced")
+    if advanced is not None:  # where the state is, the settings say
+        words.append("state advanced" if advanced else "state not advanced (sent again next run)")
+    return words
 
 
 def _wrapped(pieces: Sequence[str], width: int) -> Iterator[str]:
