@@ -2,7 +2,9 @@
 
     python -m bench                 every scenario at full size; rewrites docs/benchmarks.md
     python -m bench --quick         a smoke run on ~100k rows (a minute or two)
-    python -m bench --only e2e      some scenarios (comma-separated, or repeat --only)
+    python -m bench --only e2e      some scenarios (comma-separated, or repeat --only):
+                                    prep, baseline, e2e, stages, latency, rate, memory, sync,
+                                    requests, expr
     python -m bench --rows N        scale every size from N instead of 1M
     python -m bench --only profile  pyinstrument profiles of the dry run (not in the docs)
 

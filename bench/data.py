@@ -11,6 +11,7 @@ Columns: ``user_id`` (``u-00000001``), ``email``, ``plan``, ``country``, ``marke
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -20,6 +21,7 @@ CACHE = HERE / ".cache"
 DATA = CACHE / "data"
 MAPPING = HERE / "bench_mapping.yaml"
 EXPR_MAPPING = HERE / "bench_mapping_expr.yaml"  # three properties computed, a filter
+SYNC_MAPPING = HERE / "bench_mapping_sync.yaml"  # lifetime_value set, not add (--changed-only)
 
 PLANS = ["free", "starter", "pro", "business", "enterprise"]
 COUNTRIES = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "SG", "AU", "CA", "NL", "ES", "MX", "ZA"]
@@ -110,4 +112,67 @@ def ensure(rows: int, fmt: str) -> Path:
         os.replace(scratch, target)
     finally:
         scratch.unlink(missing_ok=True)
+    return target
+
+
+def edited_path(rows: int, fmt: str) -> Path:
+    """Where the night-2 copy of the ``rows``-row file (1 % of rows edited) is cached."""
+    return DATA / f"bench-{rows}.edited.{fmt}"
+
+
+def edited(rows: int, fmt: str) -> Path:
+    """The ``rows``-row file with 1 % of its rows edited (their ``plan`` moved to the next one).
+
+    Which rows is a deterministic scramble of the row index (one in a hundred), so the edited
+    rows are spread over the whole file; every other cell is the same as in ``ensure(rows)``.
+    """
+    target = edited_path(rows, fmt)
+    if target.exists():
+        return target
+    source = ensure(rows, fmt)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    chosen = _mix(pl.col("i"), 7, 100) == 0
+    moved = pl.col("plan").replace(PLANS, [*PLANS[1:], PLANS[0]])
+    try:
+        if fmt == "parquet":
+            frame = pl.scan_parquet(source)
+        else:
+            frame = pl.scan_csv(source, infer_schema_length=0)
+        frame = (
+            frame.with_row_index("i")
+            .with_columns(plan=pl.when(chosen).then(moved).otherwise(pl.col("plan")))
+            .drop("i")
+        )
+        if fmt == "parquet":
+            frame.sink_parquet(scratch, compression="zstd", row_group_size=256 * 1024)
+        else:
+            frame.sink_csv(scratch)
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return target
+
+
+def parts(rows: int, fmt: str, count: int) -> Path:
+    """The ``rows``-row file split into ``count`` part files in one directory (cached)."""
+    if count == 1:
+        return ensure(rows, fmt)
+    target = DATA / f"bench-{rows}.{fmt}.{count}-parts"
+    if target.exists():
+        return target
+    whole = pl.read_parquet(ensure(rows, "parquet"))
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    scratch.mkdir(parents=True)
+    try:
+        step = -(-rows // count)
+        for index in range(count):
+            part = whole.slice(index * step, step)
+            name = scratch / f"part-{index:05d}.{fmt}"
+            if fmt == "parquet":
+                part.write_parquet(name, compression="zstd")
+            else:
+                part.write_csv(name, datetime_format="%Y-%m-%dT%H:%M:%SZ")
+        os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return target

@@ -1,81 +1,62 @@
-"""The "ideal client": the importer's own request bodies, pre-built in memory, sent by plain httpx.
+"""The "ideal client": request bodies built in memory with polars, then sent by plain httpx.
 
-The bodies are built once per (file, batch size, importer version) with the importer's library
-(``preview``, which runs the same transform and chunker as ``run``) and cached in
-``bench/.cache/bodies/`` one per line (compact JSON has no raw newline). Timing starts when the
-first request is started and stops when the last answer is in; reading the cache is not timed.
+It reads the benchmark file with polars, builds every item of the benchmark shape as JSON with
+polars expressions (the same JSON as the importer's; the bench compares the bytes), joins them
+into bodies of ``--batch-size`` items in memory, and sends them ``--concurrency`` at a time over
+one pooled ``httpx.AsyncClient``. Nothing is cached: the build is part of every run, and the bench
+times the whole process (start-up, reading, building, sending) against the importer's process.
 
-    python -m bench.ideal BODIES_FILE --url BATCH_URL --concurrency N
+    python -m bench.ideal SOURCE --url BATCH_URL [--concurrency 8] [--batch-size 500]
 
-Prints one JSON object: requests, items, bytes, elapsed_s, cpu_s (of the sending), statuses.
+Prints one JSON object: requests, items, bytes, build_s, elapsed_s (the sending alone), cpu_s (of
+the sending), statuses.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 
-from bench.data import CACHE
-
-BODIES = CACHE / "bodies"
 _ITEM = b'{"distinct_id":'
+_CSV_TYPES = {"marketing_opt_in": pl.Boolean, "lifetime_value": pl.Float64, "signup_at": pl.String}
 
 
-def bodies_path(source: Path, batch_size: int) -> Path:
-    """Where the bodies of ``source`` cut at ``batch_size`` are cached."""
-    return BODIES / f"{source.name}.b{batch_size}.jsonl"
+def read(source: Path) -> pl.DataFrame:
+    """The file's rows, typed like the Parquet file (CSV cells parsed)."""
+    if source.suffix == ".csv":
+        frame = pl.read_csv(source, schema_overrides=_CSV_TYPES, infer_schema_length=0)
+        stamp = pl.col("signup_at").str.to_datetime("%Y-%m-%dT%H:%M:%SZ", time_zone="UTC")
+        return frame.with_columns(signup_at=stamp)
+    return pl.read_parquet(source)
 
 
-def _builder_digest(mapping: Path) -> str:
-    """What the cached bodies depend on: the mapping and the importer's transform and chunker."""
-    import importer
-
-    digest = hashlib.sha256(mapping.read_bytes())
-    package = Path(importer.__file__).parent
-    for part in ("transform", "chunker.py", "sources"):
-        path = package / part
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-def ensure_bodies(source: Path, mapping: Path, batch_size: int) -> Path:
-    """Build (once per importer version) every body ``run`` would send for ``source``."""
-    target = bodies_path(source, batch_size)
-    stamp = target.with_name(target.name + ".digest")
-    digest = _builder_digest(mapping)
-    if target.exists() and stamp.exists() and stamp.read_text() == digest:
-        return target
-    from importer.mapping import load_mapping
-    from importer.pipeline import ImportOptions, preview
-
-    loaded = load_mapping(mapping)
-    settings = loaded.settings.model_copy(update={"batch_size": batch_size})
-    options = ImportOptions(
-        sources=[str(source)], mapping=loaded, settings=settings, rejects=Path(os.devnull)
+def build(frame: pl.DataFrame, batch_size: int) -> list[bytes]:
+    """Every request body of the benchmark shape, ``batch_size`` items each."""
+    action = pl.struct(
+        pl.struct("email", "plan", "country", "marketing_opt_in").alias("$set"),
+        pl.struct(pl.col("signup_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).alias("$once"),
+        pl.struct(pl.col("lifetime_value").cast(pl.Float64)).alias("$add"),
     )
-    BODIES.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        bodies = preview(options, count=2**62)
-        with open(scratch, "wb") as handle:
-            for body in bodies:
-                handle.write(body)
-                handle.write(b"\n")
-        os.replace(scratch, target)
-        stamp.write_text(digest)
-    finally:
-        scratch.unlink(missing_ok=True)
-    return target
+    item = pl.struct(pl.col("user_id").alias("distinct_id"), action.alias("action"))
+    bodies = (
+        frame.lazy()
+        .select(item.struct.json_encode().alias("item"))
+        .with_row_index("n")
+        .group_by(pl.col("n") // batch_size, maintain_order=True)
+        .agg(pl.col("item").str.join(","))
+        .select(pl.lit('{"batch":[') + pl.col("item") + pl.lit("]}"))
+        .collect()
+        .to_series()
+    )
+    return [body.encode() for body in bodies]
 
 
 async def send(bodies: list[bytes], url: str, concurrency: int) -> dict[str, Any]:
@@ -106,7 +87,7 @@ async def send(bodies: list[bytes], url: str, concurrency: int) -> dict[str, Any
         "items": sum(body.count(_ITEM) for body in bodies),
         "bytes": sent_bytes,
         "elapsed_s": elapsed,
-        "cpu_s": cpu,  # of the timed sending only (not start-up or loading the bodies)
+        "cpu_s": cpu,  # of the timed sending only
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
     }
 
@@ -114,12 +95,16 @@ async def send(bodies: list[bytes], url: str, concurrency: int) -> dict[str, Any
 def main(argv: list[str] | None = None) -> None:
     """Command line: one JSON object on stdout."""
     parser = argparse.ArgumentParser(prog="python -m bench.ideal")
-    parser.add_argument("bodies", type=Path)
+    parser.add_argument("source", type=Path)
     parser.add_argument("--url", required=True, help="the batch endpoint")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
-    bodies = args.bodies.read_bytes().splitlines()
+    started = time.perf_counter()
+    bodies = build(read(args.source), args.batch_size)
+    build_s = time.perf_counter() - started
     result = asyncio.run(send(bodies, args.url, args.concurrency))
+    result["build_s"] = build_s
     json.dump(result, sys.stdout)
     print()
 

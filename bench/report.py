@@ -10,9 +10,11 @@ import platform
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from bench.procs import ROOT
 from bench.scenarios import Results, Row, human, rate
+from bench.scenarios.common import FORMATS, format_name
 
 
 def machine() -> dict[str, str]:
@@ -109,6 +111,69 @@ def _table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _concurrency_plot(results: Results, plt: Any, out: Path) -> str | None:
+    points = results.raw.get("latency") or []
+    e2e = (results.raw.get("e2e") or {}).get("parquet")
+    if not points and not e2e:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if points:
+        xs = [p["concurrency"] for p in points]
+        ax.plot(xs, [p["theory"] for p in points], "k:", label="c × batch / 50 ms")
+        ax.plot(xs, [p["ideal_rows_per_s"] for p in points], "s--", label="ideal client, 50 ms")
+        ax.plot(xs, [p["rows_per_s"] for p in points], "o-", label="fyno-import (run), 50 ms")
+        sends = [p["send_rows_per_s"] for p in points]
+        if all(sends):
+            ax.plot(xs, sends, "o:", label="fyno-import (send phase), 50 ms")
+    tops = [p["ideal_rows_per_s"] for p in points] + [p["rows_per_s"] for p in points]
+    if e2e:
+        c = e2e["concurrency"]
+        ax.plot([c], [e2e["ideal_rows_per_s"]], "D", label="ideal client (wall), 0 ms, Parquet")
+        ax.plot([c], [e2e["wall_rows_per_s"]], "*", markersize=12, label="fyno-import (wall), 0 ms")
+        tops += [e2e["ideal_rows_per_s"], e2e["wall_rows_per_s"]]
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p["concurrency"] for p in points} | ({e2e["concurrency"]} if e2e else set()))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("concurrency (requests in flight)")
+    ax.set_ylabel("rows/s (one item per row)")
+    ax.set_ylim(0, max(tops) * 1.3)
+    ax.set_title("Rows/s against concurrency (batch 500, sink emulator, same cores)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "bench-concurrency.png", dpi=110)
+    plt.close(fig)
+    return "bench-concurrency.png"
+
+
+def _rows_plot(results: Results, plt: Any, out: Path) -> str | None:
+    memory = results.raw.get("memory")
+    if not memory:
+        return None
+    fig, (speed, rss) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for kind, by_fmt in memory.items():
+        for fmt, by_rows in by_fmt.items():
+            xs = sorted(by_rows)
+            style = ("o-" if fmt == "parquet" else "s--") if kind == "dry run" else "^-."
+            label = f"{kind}, {format_name(fmt)}"
+            speed.plot(xs, [by_rows[x]["rows_per_s"] for x in xs], style, label=label)
+            rss.plot(xs, [by_rows[x]["rss_mb"] for x in xs], style, label=label)
+    rss.axhline(256, color="grey", linestyle=":", label="256 MB (end to end, 1.5M)")
+    for ax, label in ((speed, "rows/s (the run's own clock)"), (rss, "peak RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("rows")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    speed.set_title("Rows/s against rows")
+    rss.set_title("Peak RSS of the importer against rows")
+    fig.tight_layout()
+    fig.savefig(out / "bench-rows.png", dpi=110)
+    plt.close(fig)
+    return "bench-rows.png"
+
+
 def plots(results: Results, out: Path) -> list[str]:
     """Write the PNGs; their file names (relative to ``out``)."""
     import matplotlib
@@ -116,85 +181,50 @@ def plots(results: Results, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    points = results.raw.get("latency")
-    e2e = results.raw.get("e2e")
-    if points or e2e:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        if points:
-            xs = [p["concurrency"] for p in points]
-            ax.plot(xs, [p["theory"] for p in points], "k:", label="c × batch / 50 ms")
-            ax.plot(xs, [p["ideal_rows_per_s"] for p in points], "s--", label="ideal client, 50 ms")
-            ax.plot(xs, [p["rows_per_s"] for p in points], "o-", label="fyno-import (run), 50 ms")
-            sends = [p["send_rows_per_s"] for p in points]
-            if all(sends):
-                ax.plot(xs, sends, "o:", label="fyno-import (send phase), 50 ms")
-        if e2e:
-            c = e2e["concurrency"]
-            ax.plot([c], [e2e["ideal_rows_per_s"]], "D", label="ideal client, 0 ms")
-            ax.plot([c], [e2e["rows_per_s"]], "*", markersize=12, label="fyno-import (run), 0 ms")
-        ax.set_xscale("log", base=2)
-        ticks = sorted(
-            {p["concurrency"] for p in points or []} | ({e2e["concurrency"]} if e2e else set())
-        )
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.set_xlabel("concurrency (requests in flight)")
-        ax.set_ylabel("rows/s (one item per row)")
-        top = max(
-            [p["ideal_rows_per_s"] for p in points or []]
-            + [p["rows_per_s"] for p in points or []]
-            + ([e2e["ideal_rows_per_s"], e2e["rows_per_s"]] if e2e else [])
-        )
-        ax.set_ylim(0, top * 1.3)
-        ax.set_title("Rows/s against concurrency (batch 500, sink emulator, same 2 cores)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "bench-concurrency.png", dpi=110)
-        plt.close(fig)
-        written.append("bench-concurrency.png")
-    memory = results.raw.get("memory")
-    if memory:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for kind, by_rows in memory.items():
-            xs = sorted(by_rows)
-            ax.plot(xs, [by_rows[x]["rss_mb"] for x in xs], "o-", label=kind)
-        ax.axhline(400, color="grey", linestyle=":", label="400 MB target at 1M")
-        ax.set_xscale("log")
-        ax.set_xlabel("rows (Parquet)")
-        ax.set_ylabel("peak RSS of the importer (MB)")
-        ax.set_ylim(bottom=0)
-        ax.set_title("Peak memory against rows")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "bench-memory.png", dpi=110)
-        plt.close(fig)
-        written.append("bench-memory.png")
-    return written
+    made = [_concurrency_plot(results, plt, out), _rows_plot(results, plt, out)]
+    return [name for name in made if name]
 
 
-def write(results: Results, out: Path, argv: list[str], elapsed_s: float) -> Path:
-    """Write ``benchmarks.md`` (and the plots) into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    images = plots(results, out)
-    plan = results.plan
-    info = machine()
-    command = "make bench" if not argv else "python -m bench " + shlex.join(argv)
+def _stage_table(results: Results) -> list[str]:
+    found = results.raw.get("stages")
+    if not found:
+        return []
+    fmts = [f for f in FORMATS if f in found]
+    first = next(iter(found.values()))["stages"]
+    names = [n for n in first if any(found[f]["stages"][n] for f in fmts)]
+    lines = [
+        "## CPU per row by stage (j.)",
+        "",
+        "`run` into the sink emulator at the end-to-end size, run as `python -m bench.stagecpu` "
+        "(bench/stagecpu.py): every ~4 ms each Python thread's CPU since the last sample goes to "
+        "the stage its stack is in (the innermost `importer/` frame: sources → read, "
+        "transform → validate in pass 1 and build in pass 2, chunker → chunk, ledger → record, "
+        "send → send, sync → sync state); the polars/pyarrow pools' CPU goes to the stages "
+        "waiting on them at that moment. A statistical attribution; the sampler's own CPU is "
+        "left out.",
+        "",
+        "| stage | " + " | ".join(f"{format_name(f)} µs/row" for f in fmts) + " |",
+        "|---|" + "--:|" * len(fmts),
+    ]
+    for name in names:
+        cells = [f"{found[f]['stages'][name] * 1e6 / found[f]['rows']:.2f}" for f in fmts]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = [f"{sum(found[f]['stages'].values()) * 1e6 / found[f]['rows']:.2f}" for f in fmts]
+    process = [f"{found[f]['measured_cpu_s'] * 1e6 / found[f]['rows']:.2f}" for f in fmts]
+    lines += [
+        "| **attributed** | " + " | ".join(totals) + " |",
+        "| process CPU (wait4, sampler included) | " + " | ".join(process) + " |",
+        "",
+    ]
+    return lines
+
+
+def _machine_lines(results: Results) -> list[str]:
     raw = results.raw
     lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `{command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
-        f"(the suite took {elapsed_s / 60:.1f} min). Every figure below comes from this one run; "
-        "compare figures only within one run (the machine is shared). How each figure is read: "
-        "`/work/shared/benchmarks.md`; how to reproduce: `make bench` "
-        "(`.venv/bin/python -m bench`; `--quick` for a smoke run, "
-        "`--only NAME`, `--rows N`).",
-        "",
         "## Machine",
         "",
-        *(f"- **{key}:** {value}" for key, value in info.items()),
+        *(f"- **{key}:** {value}" for key, value in machine().items()),
         "- The importer, the emulator (its own process) and the ideal client **share these "
         "cores**: every end-to-end figure is a client and a server competing for the same CPU.",
     ]
@@ -215,10 +245,79 @@ def write(results: Results, out: Path, argv: list[str], elapsed_s: float) -> Pat
         )
     if "startup_s" in raw:
         lines.append(
-            f"- Interpreter start-up of `fyno-import` (`--version`): {raw['startup_s']:.2f} s, "
-            "left out of the importer's rows/s (they use the run's own `elapsed_s`)."
+            f"- Interpreter start-up of `fyno-import` (`--version`): {raw['startup_s']:.2f} s; "
+            "it is inside every process wall time below, and outside the run's own clock "
+            "(`elapsed_s`)."
         )
-    lines += [
+    return lines
+
+
+def _method_lines(results: Results) -> list[str]:
+    plan = results.plan
+    small, large = plan.sync_sizes
+    return [
+        "## How each scenario is measured",
+        "",
+        "- **a. prep**: `fyno-import run FILE -m bench/bench_mapping.yaml --dry-run --json` as "
+        f"a subprocess on {human(plan.base_rows)} rows; process wall (start-up included) and "
+        "the run's own `elapsed_s`.",
+        "- **b. baseline**: `python -m bench.baseline FILE` (`bench/baseline.py`): the csv module "
+        "or pyarrow `iter_batches().to_pylist()`, per-row checks, `json.dumps` per item, bodies "
+        "cut at 500 items / 1 MB. The ratio is baseline process wall / dry-run process wall, "
+        "both with their start-up. Its total item bytes are compared with the importer's.",
+        "- **c. end-to-end**: `fyno-import emulator --sink --port 0` in its own process; "
+        f"`fyno-import run` with default settings on {human(plan.e2e_rows)} rows of Parquet and "
+        "of CSV, a fresh ledger each time, interleaved with the ideal client (`bench/ideal.py`): "
+        "polars reads the file and builds every body in memory (the same bytes as the "
+        "importer's, checked), then one `httpx.AsyncClient` sends them at the same concurrency. "
+        "Both are timed as whole processes (start-up, build and send included). The importer "
+        "sends through its own lean HTTP/1.1 transport (importer/send/transport.py) under "
+        "httpx, while the ideal client uses plain httpx, so the importer can reach more than "
+        "100 % of the ideal. CPU per row is the importer process's user + system CPU (`wait4`, "
+        "all threads) over rows read. *Most in flight* is the emulator's `max_in_flight` "
+        "(`/_emulator/stats`, reset before each run).",
+        f"- **d. latency**: the emulator with `--latency-ms {plan.latency_ms} --sink`; "
+        "concurrency "
+        + ", ".join(f"{c} ({human(plan.latency_rows(c))} rows)" for c in plan.latency_concurrency)
+        + "; the bound is min(c × 500 / 0.05 s, the ideal client's sending rate at c with the "
+        "same latency).",
+        f"- **e. rate limit**: the emulator with `--rate-limit {plan.rate_limit:g} --sink`; "
+        f"`run` on {human(plan.rate_rows)} rows (500-item batches, default concurrency), "
+        f"counters polled every 100 ms; the first {plan.warmup_s:g} s after the first request "
+        "are warm-up; accepted req/s and the 429 share are over the rest of the send.",
+        "- **f. memory**: peak RSS of the importer process for a dry run and an end-to-end run, "
+        "Parquet and CSV, at "
+        + ", ".join(human(r) for r in sorted({r for p in plan.memory_pairs for r in p}))
+        + " rows, one run per point.",
+        "- **h. incremental sync**: one sink emulator for all nights (the state belongs to its "
+        "base URL); mapping `bench/bench_mapping_sync.yaml` (lifetime_value `set`, since an "
+        "`add` is always sent). Night 1: `run --changed-only --state DIR` with an empty state; "
+        "night 2: the same on a copy of the file with 1 % of rows' `plan` edited, the seeded "
+        "state restored before each repeat; against `run --dry-run` of the night-2 file. State "
+        f"size: every file under DIR after night 1 at {human(small)} and {human(large)} rows.",
+        f"- **i. full requests**: `run --dry-run --json` on {human(plan.parts_rows)} rows as "
+        + ", ".join("one file" if c == 1 else f"{c:,} part files" for c in plan.parts)
+        + " (bench/.cache/data/*-parts/), `chunks_total` against ceil(items / 500) × 1.02 + 2.",
+        "- **j. CPU per row by stage**: see its table.",
+        "",
+    ]
+
+
+def write(results: Results, out: Path, argv: list[str], elapsed_s: float) -> Path:
+    """Write ``benchmarks.md`` (and the plots) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = plots(results, out)
+    command = "make bench" if not argv else "python -m bench " + shlex.join(argv)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+        f"(the suite took {elapsed_s / 60:.1f} min). Every figure below comes from this one run; "
+        "compare figures only within one run (the machine is shared). How each figure is read: "
+        "`/work/shared/benchmarks.md`; how to reproduce: `make bench` "
+        "(`.venv/bin/python -m bench`; `--quick` for a smoke run, `--only NAME`, `--rows N`).",
+        "",
+        *_machine_lines(results),
         "",
         "## Data",
         "",
@@ -231,52 +330,18 @@ def write(results: Results, out: Path, argv: list[str], elapsed_s: float) -> Pat
         "",
         "## Results",
         "",
-        f"Median of {plan.repeats} run(s) per figure (memory: one run per point); peak RSS is "
-        "the importer process's own (`wait4`), the largest over the repeats. End-to-end rows/s "
-        "are judged on the whole run (the importer's `elapsed_s`: validation pass, then building "
-        "and sending); the *send phase* alone, timed from the emulator's counters, is in the "
-        "notes with its own verdict.",
+        f"Median of {results.plan.repeats} run(s) per figure (memory and the 10M sync night: one "
+        "run per point); peak RSS is the importer process's own (`wait4`), the largest over the "
+        "repeats. Ratios are of figures measured in this same run.",
         "",
         *_table(results.rows),
         "",
+        *_stage_table(results),
     ]
     for image in images:
         lines += [f"![{image}]({image})", ""]
-    lines += [
-        "## The one-line figures, as printed",
-        "",
-        "```",
-        *results.lines,
-        "```",
-        "",
-        "## How each scenario is measured",
-        "",
-        f"- **a. prep**: `fyno-import run FILE -m bench/bench_mapping.yaml --dry-run --json` as "
-        f"a subprocess on {human(plan.base_rows)} rows; rows/s = rows / the summary's "
-        "`elapsed_s`. The process wall time (with start-up) is in the notes.",
-        "- **b. baseline**: `python -m bench.baseline FILE` (`bench/baseline.py`): the csv module "
-        "or pyarrow `iter_batches().to_pylist()`, per-row checks, `json.dumps` per item, bodies "
-        "cut at 500 items / 1 MB; timed after its imports. Its total item bytes are compared "
-        "with the importer's, so both build the same JSON.",
-        f"- **c. end-to-end**: `fyno-import emulator --sink --port 0` in its own process; "
-        f"`fyno-import run` on {human(plan.e2e_rows)} Parquet rows with a fresh ledger each "
-        "time; interleaved with the ideal client (`bench/ideal.py`): the importer's own bodies "
-        "(built once with `importer.pipeline.preview`, cached), read into memory, sent by one "
-        "`httpx.AsyncClient` with the same pool size and concurrency, timed from the first "
-        "request to the last answer.",
-        f"- **d. latency**: the emulator with `--latency-ms {plan.latency_ms} --sink`; "
-        "concurrency "
-        + ", ".join(f"{c} ({human(plan.latency_rows(c))} rows)" for c in plan.latency_concurrency)
-        + "; the bound is min(c × 500 / 0.05 s, the ideal client at c with the same latency).",
-        f"- **e. rate limit**: the emulator with `--rate-limit {plan.rate_limit:g} --sink`; "
-        f"`run` on {human(plan.rate_rows)} rows (500-item batches, default concurrency, no "
-        "client-side rate limit), counters polled every 100 ms; the first "
-        f"{plan.warmup_s:g} s after the first request are warm-up; accepted req/s and the 429 "
-        "share are over the rest of the send.",
-        f"- **f. memory**: peak RSS of the importer process for a dry run and an end-to-end run "
-        f"at {human(plan.memory_rows[0])} and {human(plan.memory_rows[1])} Parquet rows.",
-        "",
-    ]
+    lines += ["## The one-line figures, as printed", "", "```", *results.lines, "```", ""]
+    lines += _method_lines(results)
     target = out / "benchmarks.md"
     target.write_text("\n".join(lines))
     return target
