@@ -53,9 +53,7 @@ class CsvWindows:
                 yield first, frame
 
 
-def plan_windows(
-    path: str, shape: RecordShape, batch_rows: int, *, name: str
-) -> CsvWindows | None:
+def plan_windows(path: str, shape: RecordShape, batch_rows: int, *, name: str) -> CsvWindows | None:
     """Windows of about ``batch_rows`` records for a plain local CSV, or None to stream it."""
     if shape.header_fields == 0 or shape.records == 0 or shape.marks.size == 0:
         return None
