@@ -293,6 +293,29 @@ def test_the_readme_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert report["status"] == "finished"
 
 
+def test_make_demo_imports_the_sample_data_without_noise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Makefile's demo command, run in-process: it imports both sample files into the
+    built-in emulator (exit 1: the sample's rejected rows), shows profiles and a summary, and
+    says nothing of files it ignored (sample_data/ holds only the data)."""
+    recipe = (ROOT / "Makefile").read_text(encoding="utf-8").split("\ndemo:", 1)[1]
+    command = recipe.split("$(BIN)/fyno-import ", 1)[1].split("||", 1)[0].replace("\\\n", " ")
+    args = shlex.split(command)
+    for name in ("sample_data", "mappings"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    env = {"FYNO_API_KEY": "demo-key-0000", "FYNO_WORKSPACE_ID": "demo"}
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    output = result.stdout + result.stderr
+    assert args[:2] == ["run", "sample_data/"] and "--emulator" in args
+    assert result.exit_code == 1, output
+    assert "ignored" not in output.lower()
+    rows_read = re.search(r"rows read\s+([\d,]+)", output)
+    assert rows_read and int(rows_read[1].replace(",", "")) >= 6_000, output  # both files
+    assert (tmp_path / "demo.rejects.csv").read_text(encoding="utf-8").count("\n") > 1
+
+
 def crontab_command(tmp: Path) -> str:
     """The command of the cron line in docs/scheduling.md, with its two paths moved to tmp."""
     (crontab,) = blocks(DOCS / "scheduling.md", "crontab")
