@@ -1,5 +1,5 @@
 """``python -m importer`` runs the fyno-import command line."""
 
-from importer.cli import main
+from importer.cli import entry
 
-main()
+entry()

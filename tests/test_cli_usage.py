@@ -8,6 +8,7 @@ a table of zeros; ``--version`` and ``--help`` load none of the heavy libraries.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,34 @@ def test_version_and_help_import_no_heavy_library(argv: list[str]) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "preview", "run --dry-run"])
+def test_commands_that_never_send_load_no_http_or_arrow_library(
+    command: str, tmp_path: Path
+) -> None:
+    """validate, preview and a dry run import neither httpx (they send nothing) nor pyarrow
+    (polars reads and writes alone): each costs start-up time and tens of MB."""
+    argv = [*command.split(), USERS, "-m", MAPPING]  # rejects go to tmp_path (the cwd)
+    code = (
+        "import sys\n"
+        "from importer.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code)\n"
+        "print([m for m in ('httpx', 'httpcore', 'pyarrow') if m in sys.modules])\n"
+    )
+    env = {**os.environ, "FYNO_API_KEY": "k" * 16, "FYNO_WORKSPACE_ID": "ws"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    )
+    *_, exit_line, loaded = result.stdout.strip().splitlines()
+    assert exit_line in ("exit 0", "exit 1"), result.stdout + result.stderr  # 1: sample rejects
+    assert loaded == "[]", result.stdout

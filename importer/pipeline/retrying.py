@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from importer.errors import ImporterError, InterruptedRun, UsageError
 from importer.events import (
@@ -30,10 +31,12 @@ from importer.ledger import Ledger, RunInfo
 from importer.model import Chunk, ChunkStatus, RunStatus
 from importer.pipeline.options import RetryOptions, send_config
 from importer.pipeline.resume import settle_stranded
-from importer.pipeline.sending import ChunkReady, LedgerRecorder, Message, send_produced
 from importer.pipeline.signals import sigterm_stops_the_command
 from importer.pipeline.summary import RunSummary
 from importer.send import Target
+
+if TYPE_CHECKING:  # sending needs httpx: loaded when the retry sends
+    from importer.pipeline.sending import Message
 
 
 def retry_failed(
@@ -149,6 +152,8 @@ def _resend(
     summary: RunSummary,
     reporter: Reporter,
 ) -> None:
+    from importer.pipeline.sending import ChunkReady, LedgerRecorder, send_produced
+
     reporter.emit(PhaseStarted(Phase.RETRYING, None))
     statuses = set(ChunkStatus.resendable_set(include_ambiguous=options.include_ambiguous))
 

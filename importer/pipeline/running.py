@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from importer import config
 from importer.errors import ImporterError, InterruptedRun, UsageError
@@ -37,7 +38,6 @@ from importer.pipeline.resume import (
     source_key,
     sources_to_send,
 )
-from importer.pipeline.sending import ChunkReady, LedgerRecorder, Message, Produce, send_produced
 from importer.pipeline.signals import sigterm_stops_the_command
 from importer.pipeline.spill import ItemSpill
 from importer.pipeline.summary import RunSummary
@@ -51,6 +51,9 @@ from importer.pipeline.syncing import (
 from importer.pipeline.validating import check_reject_rate, validate, validate_all
 from importer.send import Target
 from importer.sync import SyncRun
+
+if TYPE_CHECKING:  # sending needs httpx: loaded by the commands that send, when they send
+    from importer.pipeline.sending import ChunkReady, Message, Produce
 
 
 def run_import(
@@ -253,6 +256,8 @@ class _Run:
 
     def send(self) -> None:
         """Pass 2: build the chunks again in a reader thread and send those not settled yet."""
+        from importer.pipeline.sending import LedgerRecorder, send_produced
+
         known = self.ledger.chunk_statuses(self.run_id)
         self.reporter.emit(PhaseStarted(Phase.SENDING, self.summary.rows_read))
         error: ImporterError | None = None
@@ -295,6 +300,7 @@ class _Run:
 
     def _producer(self, known: dict[str, ChunkStatus]) -> Produce:
         """Pass 2 in the reader thread: every chunk in order, compressed when it will be sent."""
+        from importer.pipeline.sending import ChunkReady
 
         def produce(put: Callable[[Message], None], stop: threading.Event) -> None:
             chunks = import_chunks(

@@ -33,7 +33,6 @@ builds one. ``Sender.send_all`` pulls chunks from an async iterable and POSTs ea
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -43,11 +42,11 @@ from typing import Final, Protocol, TypeVar
 
 import httpx
 
-from importer import config
 from importer.errors import AuthError, LedgerWriteError
 from importer.model import Chunk, ChunkOutcome, ChunkStatus
 from importer.redact import redact
 from importer.send.answers import NOT_RESENT, Transient, classify, describe_error, transport_failure
+from importer.send.options import SendConfig
 from importer.send.throttle import Throttle
 
 __all__ = [
@@ -64,30 +63,6 @@ AUTH_MESSAGE: Final = (
     "check FYNO_API_KEY / --api-key-file and the workspace id"
 )
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class SendConfig:
-    """How hard and how carefully to send."""
-
-    concurrency: int = config.DEFAULT_CONCURRENCY  # most requests in flight
-    rate_limit: float = config.DEFAULT_RATE_LIMIT  # most request starts per second (0 = none)
-    max_retries: int = config.DEFAULT_MAX_RETRIES  # tries after the first, for transient failures
-    timeout: float = config.DEFAULT_TIMEOUT_S  # per request, in seconds
-    backoff_base: float = 0.5  # first retry waits up to this long (full jitter), doubling
-    backoff_max: float = 30.0  # cap of one backoff wait (Retry-After may ask for longer)
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
-        if not self.rate_limit >= 0 or math.isinf(self.rate_limit):
-            raise ValueError(f"rate_limit must be a finite number >= 0, not {self.rate_limit}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be at least 0, not {self.max_retries}")
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be above 0, not {self.timeout}")
-        if not (self.backoff_base >= 0 and self.backoff_max >= 0):
-            raise ValueError("backoff_base and backoff_max must be >= 0")
 
 
 class ChunkRecorder(Protocol):
