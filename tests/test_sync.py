@@ -419,3 +419,37 @@ def test_full_resync_and_missing_unset_need_changed_only(tmp_path: Path) -> None
             None,
         )
         assert code == 2 and "--changed-only" in summary["error"]
+
+
+def test_a_state_of_many_partitions_keeps_its_count_and_ends_as_a_full_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state spread over many partitions (as a few million profiles make): night 2's edits,
+    deletions and new ids are found in whichever partition holds them, and the profiles equal
+    full imports. The partition count is the state's own: a later run with another default
+    keeps it, and with nothing changed sends nothing."""
+    import importer.sync.state as state
+
+    monkeypatch.setattr(state, "_ROWS_PER_PARTITION", 8)  # 200 rows: 16 to 32 partitions
+    night1 = rows_of(200)
+    night2 = [dict(r) for r in night1[10:]] + rows_of(15, start=500)  # 10 deleted, 15 new
+    for n in range(0, 190, 7):
+        night2[n]["email"] = f"edit{n}@example.com"
+    edited = {night2[n]["id"] for n in range(0, 190, 7)}
+    with emulator() as (server, _):
+        code, first, _ = nightly(tmp_path, write_rows(tmp_path / "n1.csv", night1), server.url)
+        assert code == 0 and first["profiles_changed"] == 200
+        count = json.loads((tmp_path / "state" / "manifest.json").read_text())["partitions"]
+        assert count >= 16
+        parts = [p for p in (tmp_path / "state").rglob("part-*") if p.is_file()]
+        assert len(parts) == count
+        code, second, err = nightly(tmp_path, write_rows(tmp_path / "n2.csv", night2), server.url)
+        assert code == 0, err
+        assert second["profiles_changed"] == len(edited) + 15
+        assert second["rows_unchanged"] == 190 - len(edited)
+        monkeypatch.setattr(state, "_ROWS_PER_PARTITION", 100_000)  # the default would be 1
+        code, third, _ = nightly(tmp_path, tmp_path / "n2.csv", server.url)
+        assert code == 0 and third["chunks_total"] == 0 and third["profiles_changed"] == 0
+        assert json.loads((tmp_path / "state" / "manifest.json").read_text())["partitions"] == count
+        ids = sorted({r["id"] for r in night1 + night2})
+        assert profiles_of(server, ids) == full_import([night1, night2])
