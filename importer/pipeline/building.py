@@ -16,7 +16,7 @@ from importer.model import Chunk
 from importer.pipeline.options import ImportOptions
 from importer.pipeline.reading import Prepared, close_all, open_sources, prepare, transformed
 from importer.pipeline.spill import ItemSpill
-from importer.transform import REJECT_SCHEMA, TransformResult
+from importer.transform import REJECT_SCHEMA, Transformer, TransformResult
 
 _NO_REJECTS = pl.DataFrame(schema=REJECT_SCHEMA)
 
@@ -155,7 +155,11 @@ def preview(options: ImportOptions, count: int, reporter: Reporter | None = None
     sources = open_sources(options.sources, options.mapping, options.format, reporter, True)
     bodies: list[bytes] = []
     try:
-        todo = [(i, prepare(s, options.mapping, options.settings)) for i, s in enumerate(sources)]
+        shared: dict[tuple[str, ...], Transformer] = {}
+        todo = [
+            (i, prepare(s, options.mapping, options.settings, shared))
+            for i, s in enumerate(sources)
+        ]
         for chunk in import_chunks(todo, options, NullReporter()):
             if isinstance(chunk, Chunk):
                 bodies.append(chunk.body)

@@ -6,6 +6,7 @@ Shared by both passes (validating, then building what is sent) and by ``preview`
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,14 +94,27 @@ def naming_the_source(source: Source) -> Iterator[None]:
         raise MappingError(f"{source.name}: {exc.message}", hint=exc.hint) from None
 
 
-def prepare(source: Source, mapping: Mapping, settings: Settings) -> Prepared:
-    """Check that the source has what the mapping reads; its transformer and fingerprint."""
+def prepare(
+    source: Source,
+    mapping: Mapping,
+    settings: Settings,
+    transformers: dict[tuple[str, ...], Transformer] | None = None,
+) -> Prepared:
+    """Check that the source has what the mapping reads; its transformer and fingerprint.
+
+    Sources of one schema share a transformer (``transformers``, by column names and types):
+    building one costs milliseconds, which a directory of a thousand part files paid a
+    thousand times."""
     columns = source.columns()
     schema = source.scan().collect_schema()
-    with naming_the_source(source):
-        transformer = Transformer(
-            mapping, {c: schema[c] for c in columns}, max_batch_bytes=settings.max_batch_bytes
-        )
+    typed = {c: schema[c] for c in columns}
+    key = tuple(f"{name}:{dtype!r}" for name, dtype in typed.items())
+    transformer = transformers.get(key) if transformers is not None else None
+    if transformer is None:
+        with naming_the_source(source):
+            transformer = Transformer(mapping, typed, max_batch_bytes=settings.max_batch_bytes)
+        if transformers is not None:
+            transformers[key] = transformer
     return Prepared(source=source, transformer=transformer, fingerprint=source.fingerprint())
 
 
@@ -109,9 +123,10 @@ def prepare_all(
 ) -> list[Prepared]:
     """Check every source against the mapping; empty files are skipped with --allow-empty."""
     prepared = []
+    transformers: dict[tuple[str, ...], Transformer] = {}
     for source in sources:
         try:
-            prepared.append(prepare(source, mapping, settings))
+            prepared.append(prepare(source, mapping, settings, transformers))
         except EmptySourceError:
             if not settings.allow_empty:
                 raise
@@ -171,20 +186,26 @@ def transformed(
     busy while memory stays bounded (at most ``TRANSFORM_AHEAD`` batches in flight). An
     expression of the mapping that fails on a batch is a MappingError naming the source.
     """
-    with (
-        naming_the_source(prepared.source),
-        ThreadPoolExecutor(max_workers=TRANSFORM_AHEAD, thread_name_prefix="transform") as pool,
-    ):
-        pending: deque[tuple[pl.DataFrame, Future[TransformResult]]] = deque()
-        for batch in batches(prepared, shard, seen):
-            apply = partial(prepared.transformer.apply, keep=keep, contribute=contribute)
-            pending.append((batch, pool.submit(apply, batch)))
-            if len(pending) >= TRANSFORM_AHEAD:
+    apply = partial(prepared.transformer.apply, keep=keep, contribute=contribute)
+    with naming_the_source(prepared.source):
+        read = batches(prepared, shard, seen)
+        first = next(read, None)
+        if first is None:
+            return
+        second = next(read, None)
+        if second is None:  # a file of one batch (a small part file): no threads to start
+            yield first, apply(first)
+            return
+        with ThreadPoolExecutor(TRANSFORM_AHEAD, thread_name_prefix="transform") as pool:
+            pending: deque[tuple[pl.DataFrame, Future[TransformResult]]] = deque()
+            for batch in itertools.chain((first, second), read):
+                pending.append((batch, pool.submit(apply, batch)))
+                if len(pending) >= TRANSFORM_AHEAD:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
                 done, future = pending.popleft()
                 yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
 
 
 def close_all(sources: list[Source]) -> None:
