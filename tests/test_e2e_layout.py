@@ -231,3 +231,33 @@ def test_preview_shows_the_first_full_requests_of_a_many_file_import(tmp_path: P
     result = cli(["preview", str(source), "-m", mapping, "-n", "2"])
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("500 items") == 2
+
+
+def test_part_files_of_different_types_are_each_checked_by_their_own(tmp_path: Path) -> None:
+    """Part files usually share one schema (and one set of checks); one whose column has
+    another type is checked by its own: an integer property reads Int64 values as they are and
+    rejects a text part's non-numbers, naming file and row."""
+    import polars as pl
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for k in range(3):  # three parts of one schema
+        pl.DataFrame({"id": [f"u{k}a", f"u{k}b"], "logins": [k, k + 1]}).write_parquet(
+            folder / f"part-{k}.parquet"
+        )
+    pl.DataFrame({"id": ["t1", "t2"], "logins": ["7", "many"]}).write_parquet(
+        folder / "part-3.parquet"
+    )
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "distinct_id: id\nproperties:\n  - {column: logins, op: set, type: integer}\n",
+        encoding="utf-8",
+    )
+    args = ["run", str(folder), "-m", str(mapping), "--dry-run", "--json"]
+    result = cli([*args, "--rejects", str(tmp_path / "rejects.csv")])
+    summary = one_json(result.stdout)
+    assert summary["rows_read"] == 8 and summary["rows_rejected"] == 1, summary
+    with (tmp_path / "rejects.csv").open(encoding="utf-8") as handle:
+        (reject,) = list(csv.DictReader(handle))
+    assert reject["source"].endswith("part-3.parquet") and reject["row"] == "2", reject
+    assert "logins" in reject["column"] + reject["reason"], reject
