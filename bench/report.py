@@ -232,7 +232,8 @@ def _machine_lines(results: Results) -> list[str]:
     if "code_start" in raw:
         lines.append(f"- **code at the start:** {raw['code_start']}")
     lines.append(f"- **code at the end:** {code_end}")
-    if "code_start" in raw and raw["code_start"] != code_end:
+    digest_end = code_end.rsplit(" ", 1)[-1]
+    if "code_start" in raw and not raw["code_start"].endswith(digest_end):
         lines.append(
             "- **The importer changed while the suite ran** (the digests differ): "
             "figures of different scenarios may come from different code."
