@@ -44,7 +44,7 @@ MARK_RECORDS = 10_000  # the scanner notes where every this many data records en
 _BOM = b"\xef\xbb\xbf"
 _BLANK_LINES = re.compile(rb"(?:\r?\n)*")
 _NEWLINE = ord("\n")
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 # polars also decompresses these by their first bytes; scanning them as text would be nonsense
 _OTHER_COMPRESSIONS = {
     b"\x28\xb5\x2f\xfd": "zstd",
@@ -111,7 +111,7 @@ def file_blocks(
                         hint="decompress it, or recompress it with gzip",
                     )
             # by content, not by name: polars decompresses a gzip file whatever it is called
-            handle = gzip.GzipFile(fileobj=raw) if magic.startswith(_GZIP_MAGIC) else raw
+            handle = gzip.GzipFile(fileobj=raw) if magic.startswith(GZIP_MAGIC) else raw
             while block := handle.read(block_size):
                 yield block
     except (OSError, EOFError) as exc:  # EOFError: a truncated gzip stream

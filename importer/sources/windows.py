@@ -19,9 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from importer.errors import SourceError
-from importer.sources.records import MARK_RECORDS, RecordShape
-
-_GZIP_MAGIC = b"\x1f\x8b"
+from importer.sources.records import GZIP_MAGIC, MARK_RECORDS, RecordShape
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ def plan_windows(path: str, shape: RecordShape, batch_rows: int, *, name: str) -
     if shape.header_fields == 0 or shape.records == 0 or shape.marks.size == 0:
         return None
     with open(path, "rb") as file:
-        if file.read(2) == _GZIP_MAGIC:
+        if file.read(2) == GZIP_MAGIC:
             return None
         size = file.seek(0, 2)
         skipped = size - shape.scanned  # the BOM and blank lines before the header
